@@ -1,0 +1,74 @@
+"""The `cardo` console script: everything that is not Dagster itself (the local stack, the simulator, benchmarks).
+
+Each subcommand is a thin shell over library code; errors the user can act on are printed as one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from cardo_pipeline.settings import CardoSettings, ConfigError
+from cardo_pipeline.stack import Stack, StackError
+
+
+def _stack(args: argparse.Namespace) -> int:
+    stack = Stack(CardoSettings.from_env())
+    if args.action == "up":
+        stack.up()
+    elif args.action == "down":
+        stack.down()
+    else:
+        statuses = stack.status()
+        if args.json:
+            print(json.dumps([s.__dict__ for s in statuses]))
+        for s in statuses:
+            state = "healthy" if s.healthy else ("running, not healthy" if s.running else "stopped")
+            print(f"{s.name:<10} {state:<22} {s.endpoint:<24} {s.detail}")
+        return 0 if all(s.healthy for s in statuses) else 1
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from cardo_pipeline.simulator import simulate
+    from cardo_pipeline.simulator.postgres_sink import PostgresSink
+
+    settings = CardoSettings.from_env()
+    started = time.monotonic()
+    summary = simulate(PostgresSink(settings.pg_dsn), loans=args.loans, months=args.months, seed=args.seed)
+    result = {**summary.as_dict(), "seconds": round(time.monotonic() - started, 2)}
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="start, stop or check the local Postgres, Kafka and Debezium")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--json", action="store_true", help="status as JSON")
+    stack.set_defaults(func=_stack)
+
+    sim = sub.add_parser("simulate", help="drive the servicing database with a simulated loan book")
+    sim.add_argument("--loans", type=int, default=2000)
+    sim.add_argument("--months", type=int, default=24)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--json", action="store_true")
+    sim.set_defaults(func=_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (StackError, ConfigError) as exc:
+        print(f"cardo: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

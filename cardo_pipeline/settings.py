@@ -1,0 +1,86 @@
+"""Where the local stack and the lake live, and on which ports: read from the environment when asked, never at import.
+
+Every path and port has a `CARDO_*` environment variable; `CardoSettings.from_env()` validates them and names the
+offending variable when one is wrong. Production points the lake and catalogs at object storage through the same
+variables (see deploy/helm/values.yaml).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _port(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a TCP port number, got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+def _path(env: dict[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name)
+    return Path(raw).expanduser().absolute() if raw else default
+
+
+@dataclass(frozen=True)
+class CardoSettings:
+    home: Path
+    lake_dir: Path
+    jvm_cache: Path
+    dagster_home: Path
+    host: str
+    pg_port: int
+    kafka_port: int
+    kafka_controller_port: int
+    connect_port: int
+    database: str = "servicing"
+    pg_user: str = "cardo"
+    topic_prefix: str = "servicing"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> CardoSettings:
+        env = dict(os.environ if env is None else env)
+        home = _path(env, "CARDO_HOME", Path.cwd() / ".cardo")
+        return cls(
+            home=home,
+            lake_dir=_path(env, "CARDO_LAKE_DIR", home / "lake"),
+            # Jars are shared by every checkout on the machine, so a fresh clone (CI) does not resolve them again.
+            jvm_cache=_path(env, "CARDO_JVM_CACHE", Path.home() / ".cache" / "cardo" / "jvm"),
+            dagster_home=_path(env, "DAGSTER_HOME", home / "dagster"),
+            host="127.0.0.1",
+            pg_port=_port(env, "CARDO_PG_PORT", 54329),
+            kafka_port=_port(env, "CARDO_KAFKA_PORT", 29092),
+            kafka_controller_port=_port(env, "CARDO_KAFKA_CONTROLLER_PORT", 29093),
+            connect_port=_port(env, "CARDO_CONNECT_PORT", 28083),
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def pg_dsn(self) -> str:
+        return f"host={self.host} port={self.pg_port} dbname={self.database} user={self.pg_user}"
+
+    @property
+    def iceberg_catalog_uri(self) -> str:
+        return f"sqlite:///{self.home / 'iceberg' / 'catalog.db'}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def topic(self, table: str) -> str:
+        return f"{self.topic_prefix}.public.{table}"

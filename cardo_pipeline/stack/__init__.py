@@ -1,0 +1,70 @@
+"""The local stack: Postgres (servicing source), Kafka (KRaft) and Kafka Connect with Debezium, on 127.0.0.1.
+
+`up` is idempotent (a running, healthy service is left alone), `down` stops exactly what `up` started, in
+reverse order, and `status` reports health per service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.stack.postgres import Postgres
+from cardo_pipeline.stack.process import StackError
+from cardo_pipeline.stack.services import Connect, Kafka
+
+__all__ = ["Stack", "StackError", "ServiceStatus"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    healthy: bool
+    endpoint: str
+    detail: str = ""
+
+
+class Stack:
+    def __init__(self, settings: CardoSettings):
+        self.settings = settings
+        self.postgres = Postgres(settings)
+        self.kafka = Kafka(settings)
+        self.connect = Connect(settings)
+
+    def up(self, log=print) -> None:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        log(f"postgres   starting on {self.settings.host}:{self.settings.pg_port}")
+        self.postgres.start()
+        log(f"kafka      starting on {self.settings.kafka_bootstrap}")
+        self.kafka.start()
+        log(f"connect    starting on {self.connect.url} (Debezium connector servicing-postgres)")
+        self.connect.start(drop_stale_slot=self._drop_slot)
+        log("stack is up")
+
+    def down(self, log=print) -> None:
+        for name, service in (("connect", self.connect), ("kafka", self.kafka), ("postgres", self.postgres)):
+            stopped = service.stop()
+            log(f"{name:<10} {'stopped' if stopped else 'was not running'}")
+
+    def status(self) -> list[ServiceStatus]:
+        s = self.settings
+        pg_running = self.postgres.data_dir.exists() and self.postgres.is_running()
+        connect_status = self.connect.status() if self.connect.process.is_running() else None
+        connect_detail = ""
+        if connect_status:
+            tasks = ",".join(t["state"] for t in connect_status.get("tasks", []))
+            connect_detail = f"connector {connect_status['connector']['state']}, tasks {tasks or 'none'}"
+        return [
+            ServiceStatus("postgres", pg_running, pg_running and self.postgres.healthy(), f"{s.host}:{s.pg_port}"),
+            ServiceStatus("kafka", self.kafka.process.is_running(), self.kafka.healthy(), s.kafka_bootstrap),
+            ServiceStatus(
+                "connect", self.connect.process.is_running(), self.connect.connector_running(), self.connect.url,
+                connect_detail,
+            ),
+        ]
+
+    def _drop_slot(self, slot: str) -> None:
+        with self.postgres.connect(autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))

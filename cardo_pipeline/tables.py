@@ -1,0 +1,113 @@
+"""The source table registry: one entry per servicing table drives raw, curated and Iceberg assets and their checks.
+
+Adding a source table is one entry here plus its migration; `test_tables.py` proves the two agree with Postgres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pg_type: str  # as Postgres reports it in information_schema (numeric(14,2) written in full)
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    name: str
+    primary_key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    description: str
+    toasted: tuple[str, ...] = ()  # columns that can arrive as Debezium's unchanged-TOAST placeholder
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+
+def _cols(*spec: tuple) -> tuple[Column, ...]:
+    return tuple(Column(*s) for s in spec)
+
+
+SOURCE_TABLES: tuple[SourceTable, ...] = (
+    SourceTable(
+        name="borrowers",
+        primary_key=("borrower_id",),
+        description="Borrowers (individuals and SMEs) with income, employment and address.",
+        columns=_cols(
+            ("borrower_id", "bigint"),
+            ("borrower_type", "text"),
+            ("full_name", "text"),
+            ("birth_date", "date", True),
+            ("annual_income", "numeric(14,2)"),
+            ("employment_status", "text"),
+            ("postcode", "text"),
+            ("country_code", "char(2)"),
+            ("created_at", "timestamptz"),
+            ("updated_at", "timestamptz"),
+        ),
+    ),
+    SourceTable(
+        name="loans",
+        primary_key=("loan_id",),
+        description="Loans: terms, outstanding principal, status and days past due.",
+        toasted=("servicer_notes",),
+        columns=_cols(
+            ("loan_id", "bigint"),
+            ("borrower_id", "bigint"),
+            ("product", "text"),
+            ("currency", "char(3)"),
+            ("principal", "numeric(14,2)"),
+            ("interest_rate", "numeric(7,5)"),
+            ("term_months", "integer"),
+            ("origination_date", "date"),
+            ("maturity_date", "date"),
+            ("outstanding_principal", "numeric(14,2)"),
+            ("status", "text"),
+            ("days_past_due", "integer"),
+            ("servicer_notes", "text", True),
+            ("updated_at", "timestamptz"),
+        ),
+    ),
+    SourceTable(
+        name="collaterals",
+        primary_key=("collateral_id",),
+        description="Collateral securing loans, with appraisal and location.",
+        columns=_cols(
+            ("collateral_id", "bigint"),
+            ("loan_id", "bigint"),
+            ("collateral_type", "text"),
+            ("appraised_value", "numeric(14,2)"),
+            ("appraisal_date", "date"),
+            ("postcode", "text"),
+            ("country_code", "char(2)"),
+            ("updated_at", "timestamptz"),
+        ),
+    ),
+    SourceTable(
+        name="payments",
+        primary_key=("payment_id",),
+        description="Scheduled instalments and what was paid, when.",
+        columns=_cols(
+            ("payment_id", "bigint"),
+            ("loan_id", "bigint"),
+            ("due_date", "date"),
+            ("amount_due", "numeric(14,2)"),
+            ("paid_date", "date", True),
+            ("amount_paid", "numeric(14,2)"),
+            ("status", "text"),
+            ("updated_at", "timestamptz"),
+        ),
+    ),
+)
+
+TABLES_BY_NAME: dict[str, SourceTable] = {t.name: t for t in SOURCE_TABLES}
