@@ -43,6 +43,14 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from cardo_pipeline.demo import DemoOptions, human_summary, run_demo
+
+    result = run_demo(DemoOptions(loans=args.loans, months=args.months, seed=args.seed))
+    print(human_summary(result))
+    return 0 if result.summary["success"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
+
+    demo = sub.add_parser("demo", help="stack up, simulate a book, run every asset through Dagster, write a summary")
+    demo.add_argument("--loans", type=int, default=2000)
+    demo.add_argument("--months", type=int, default=24)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_demo)
     return parser
 
 

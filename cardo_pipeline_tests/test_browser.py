@@ -1,0 +1,84 @@
+"""A person's view: `dagster dev` serves the asset graph, and headless Chromium shows the project's assets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cardo_pipeline.tables import SOURCE_TABLES
+
+pytestmark = pytest.mark.browser
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+    "--virtual-time-budget=20000",  # let the React app fetch the graph over GraphQL before we read the page
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
+    port = _free_port()
+    env = {**test_env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    Path(env["DAGSTER_HOME"]).mkdir()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=PROJECT_ROOT, env=env, stdout=open(tmp_path / "dagster-dev.log", "wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # dagster dev spawns a code server and a daemon: stop the whole group
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"dagster dev did not serve: {(tmp_path / 'dagster-dev.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium")
+    assert binary, "Debian's chromium is missing: `make deps` installs it"
+    return subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_asset_graph_page_lists_the_projects_assets(dagster_dev: str, tmp_path: Path) -> None:
+    page = f"{dagster_dev}/asset-groups"
+    dom = _chromium(tmp_path, "--dump-dom", page).stdout
+    assert "Global asset lineage" in dom
+    for table in SOURCE_TABLES:
+        assert f">{table.name}<" in dom, f"asset {table.name} is not on the asset graph page"
+
+    screenshot = tmp_path / "asset-graph.png"
+    _chromium(tmp_path, f"--screenshot={screenshot}", page)
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")

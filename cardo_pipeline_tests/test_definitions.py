@@ -1,0 +1,67 @@
+"""The code location loads, and its asset graph is the one the design promises (no services needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cardo_pipeline.defs.groups import ALL_GROUPS, SOURCES
+from cardo_pipeline.defs.resources import resources_for
+from cardo_pipeline.definitions import DEMO_JOB, defs
+from cardo_pipeline.tables import SOURCE_TABLES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dg.Definitions:
+    return defs()
+
+
+def test_every_source_table_has_an_observed_topic_asset(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    topic_keys = {dg.AssetKey(["kafka", t.name]) for t in SOURCE_TABLES}
+    assert topic_keys <= set(graph.get_all_asset_keys())
+    for key in topic_keys:
+        node = graph.get(key)
+        assert node.is_observable and node.group_name == SOURCES
+
+
+def test_asset_groups_are_those_of_the_design(definitions: dg.Definitions) -> None:
+    graph = definitions.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
+    assert groups <= set(ALL_GROUPS), f"unexpected groups: {groups - set(ALL_GROUPS)}"
+
+
+def test_demo_job_selects_every_asset(definitions: dg.Definitions) -> None:
+    job = definitions.resolve_job_def(DEMO_JOB)
+    graph = definitions.resolve_asset_graph()
+    assert set(job.asset_layer.selected_asset_keys) == set(graph.get_all_asset_keys())
+
+
+def test_resources_are_chosen_per_environment_with_the_same_keys() -> None:
+    assert resources_for("local").keys() == resources_for("k8s").keys()
+    with pytest.raises(ValueError, match="CARDO_ENV"):
+        resources_for("staging")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        ["dg", "check", "defs"],
+    ],
+    ids=["dagster-definitions-validate", "dg-check-defs"],
+)
+def test_command_line_tools_accept_the_definitions(command: list[str], tmp_path: Path) -> None:
+    binary = str(Path(sys.executable).parent / command[0])
+    result = subprocess.run(
+        [binary, *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path),
+             "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
