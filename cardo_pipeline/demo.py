@@ -73,7 +73,10 @@ def run_asset_graph(settings: CardoSettings) -> dict:
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     definitions = defs()
     with dg.DagsterInstance.get() as instance:
-        result = definitions.resolve_job_def(DEMO_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result = definitions.resolve_job_def(DEMO_JOB).execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
         materialized = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
         observed = sorted({e.asset_key.to_user_string() for e in result.get_asset_observation_events()})
         failed_steps = sorted(e.step_key for e in result.all_events if e.is_step_failure)
@@ -109,7 +112,7 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
             "(`make clean` starts over)")
 
     # Every row change is one message, and every delete is followed by a tombstone.
-    expected = 0 if simulation is None else simulation["changes"] + simulation["deletes_total"]
+    expected = 0 if simulation is None else simulation["total_changes"] + simulation["deletes"]
     log("waiting for Debezium to publish every change to Kafka")
     messages = wait_for_capture(settings, expected, options.capture_timeout_s, log)
 

@@ -1,0 +1,81 @@
+"""Bounded batches from explicitly assigned Kafka partitions: no consumer group, no commits, ever.
+
+The raw tables are the only record of what was consumed; a reader is always told where to start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from cardo_pipeline.cdc.decode import KafkaRecord
+
+
+@dataclass(frozen=True)
+class ReadTarget:
+    """Read each partition from `start` up to (excluding) `end`, the end offsets seen when the run began."""
+
+    topic: str
+    start: dict[int, int]
+    end: dict[int, int]
+
+    def pending(self) -> int:
+        return sum(max(0, e - self.start.get(p, 0)) for p, e in self.end.items())
+
+
+def consumer_config(bootstrap: str) -> dict:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": "cardo-raw-ingest",  # librdkafka wants one; offsets are never committed to it
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": False,
+        "auto.offset.reset": "error",  # an offset that is gone must fail loudly, never skip silently
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 128 * 1024,
+        "fetch.wait.max.ms": 50,
+        "socket.timeout.ms": 10_000,
+    }
+
+
+def read_batches(
+    bootstrap: str, target: ReadTarget, max_messages: int, idle_timeout_s: float = 10.0
+) -> Iterator[list[KafkaRecord]]:
+    """Yield batches of at most `max_messages` records until every partition reaches its end offset."""
+    todo = {p: e for p, e in target.end.items() if e > target.start.get(p, 0)}
+    if not todo:
+        return
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        consumer.assign([TopicPartition(target.topic, p, target.start.get(p, 0)) for p in todo])
+        position = {p: target.start.get(p, 0) for p in todo}
+        last_progress = time.monotonic()
+        while any(position[p] < end for p, end in todo.items()):
+            batch: list[KafkaRecord] = []
+            while len(batch) < max_messages and any(position[p] < end for p, end in todo.items()):
+                messages = consumer.consume(num_messages=min(10_000, max_messages - len(batch)), timeout=0.5)
+                if not messages:
+                    if time.monotonic() - last_progress > idle_timeout_s:
+                        raise TimeoutError(
+                            f"{target.topic}: no messages for {idle_timeout_s:.0f} s at {position}, "
+                            f"expected up to {todo}"
+                        )
+                    continue
+                last_progress = time.monotonic()
+                for m in messages:
+                    error = m.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise KafkaException(error)
+                    ts_type, ts = m.timestamp()
+                    batch.append(KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts))
+                    position[m.partition()] = m.offset() + 1
+            if batch:
+                yield batch
+    finally:
+        consumer.close()

@@ -1,0 +1,114 @@
+"""One raw table's ingestion run: read new Kafka messages in bounded batches, decode, land, move offsets.
+
+Per batch: dead letters are appended first (their table skips offsets it already holds), then the good rows with
+the batch's offsets in the same commit. Consumed = landed + dead-lettered is checked for every batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+from deltalake.exceptions import CommitFailedError
+
+from cardo_pipeline.cdc.decode import decode_batch
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+from cardo_pipeline.ingest.kafka_reader import ReadTarget, read_batches
+from cardo_pipeline.kafka_topics import end_offsets
+from cardo_pipeline.tables import SourceTable
+
+
+class LostEventsError(RuntimeError):
+    """Consumed messages were neither landed nor dead-lettered: the batch is not committed."""
+
+
+@dataclass
+class IngestReport:
+    table: str
+    topic: str
+    start_offsets: dict[int, int]
+    committed_offsets: dict[int, int]
+    target_offsets: dict[int, int]
+    consumed: int = 0
+    landed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    raw_version: int | None = None
+    dead_letter_version: int | None = None
+    new_columns: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lag(self, latest_end: dict[int, int]) -> int:
+        return sum(max(0, e - self.committed_offsets.get(p, 0)) for p, e in latest_end.items())
+
+
+def _next_offsets(batch_rows: list, previous: dict[int, int]) -> dict[int, int]:
+    offsets = dict(previous)
+    for record in batch_rows:
+        offsets[record.partition] = max(offsets.get(record.partition, 0), record.offset + 1)
+    return offsets
+
+
+def _not_yet_dead_lettered(dead: pa.Table, already: dict[int, int]) -> pa.Table:
+    """Drop dead letters a crashed earlier attempt already committed (dead letters are few: plain Python)."""
+    if dead.num_rows == 0 or not any(already.values()):
+        return dead
+    keep = [o >= already.get(p, 0) for p, o in zip(dead["partition"].to_pylist(), dead["offset"].to_pylist())]
+    return dead.filter(pa.array(keep))
+
+
+def _append_with_retry(table: OffsetTrackedTable, rows: pa.Table, topic: str, offsets: dict[int, int],
+                       metadata: dict[str, str], attempts: int = 5) -> int:
+    """The dead-letter table is shared by every raw asset: a concurrent append can win the commit race."""
+    for attempt in range(attempts):
+        try:
+            return table.append(rows, topic, offsets, metadata)
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def ingest_topic(
+    bootstrap: str,
+    table: SourceTable,
+    topic: str,
+    raw: OffsetTrackedTable,
+    dead_letter: OffsetTrackedTable,
+    *,
+    max_batch_messages: int = 50_000,
+    log=lambda message: None,
+) -> IngestReport:
+    started = time.monotonic()
+    target_end = end_offsets(bootstrap, [topic])[topic]
+    partitions = sorted(target_end)
+    start = raw.next_offsets(topic, partitions)
+    already_dead = dead_letter.next_offsets(topic, partitions)
+    report = IngestReport(table.name, topic, dict(start), dict(start), target_end, raw_version=raw.version())
+
+    for batch in read_batches(bootstrap, ReadTarget(topic, start, target_end), max_batch_messages):
+        decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC))
+        if decoded.rows.num_rows + decoded.dead_letters.num_rows != len(batch):
+            raise LostEventsError(
+                f"{topic}: consumed {len(batch)} but landed {decoded.rows.num_rows} and dead-lettered "
+                f"{decoded.dead_letters.num_rows}; nothing of this batch was committed"
+            )
+        next_offsets = _next_offsets(batch, report.committed_offsets)
+        metadata = {"cardo.table": table.name, "cardo.batch_messages": str(len(batch))}
+        dead = _not_yet_dead_lettered(decoded.dead_letters, already_dead)
+        if dead.num_rows:
+            report.dead_letter_version = _append_with_retry(dead_letter, dead, topic, next_offsets, metadata)
+        report.raw_version = raw.append(decoded.rows, topic, next_offsets, metadata)
+        report.committed_offsets = next_offsets
+        report.consumed += len(batch)
+        report.landed += decoded.rows.num_rows
+        report.dead_lettered += decoded.dead_letters.num_rows
+        report.batches += 1
+        report.new_columns.update({k: str(v) for k, v in decoded.new_columns.items()})
+        log(f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
+            f"raw version {report.raw_version}")
+    report.seconds = time.monotonic() - started
+    return report
