@@ -33,11 +33,20 @@ def _stack(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from cardo_pipeline.simulator import simulate
-    from cardo_pipeline.simulator.postgres_sink import PostgresSink
 
     settings = CardoSettings.from_env()
+    if args.sink == "kafka":
+        # Bulk mode: the envelopes Debezium would publish, produced straight to Kafka (millions of events).
+        from cardo_pipeline.simulator.kafka_sink import KafkaEnvelopeSink
+
+        sink = KafkaEnvelopeSink(settings.kafka_bootstrap, args.topic_prefix or settings.topic_prefix)
+    else:
+        from cardo_pipeline.simulator.postgres_sink import PostgresSink
+
+        sink = PostgresSink(settings.pg_dsn)
     started = time.monotonic()
-    summary = simulate(PostgresSink(settings.pg_dsn), loans=args.loans, months=args.months, seed=args.seed)
+    with sink:
+        summary = simulate(sink, loans=args.loans, months=args.months, seed=args.seed)
     result = {**summary.as_dict(), "seconds": round(time.monotonic() - started, 2)}
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
@@ -64,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--loans", type=int, default=2000)
     sim.add_argument("--months", type=int, default=24)
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--sink", choices=["postgres", "kafka"], default="postgres",
+                     help="postgres: real transactions captured by Debezium; kafka: bulk mode, envelopes "
+                     "produced straight to Kafka")
+    sim.add_argument("--topic-prefix", help="bulk mode topic prefix (default: the Debezium prefix, servicing)")
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
 

@@ -104,8 +104,8 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
         from cardo_pipeline.simulator.postgres_sink import PostgresSink
 
         log(f"simulating {options.loans} loans over {options.months} months (seed {options.seed}) into Postgres")
-        summary = simulate(PostgresSink(settings.pg_dsn), loans=options.loans, months=options.months,
-                           seed=options.seed)
+        with PostgresSink(settings.pg_dsn) as sink:
+            summary = simulate(sink, loans=options.loans, months=options.months, seed=options.seed)
         simulation = summary.as_dict()
     else:
         log(f"servicing already holds {rows_before['loans']} loans: not simulating again "
