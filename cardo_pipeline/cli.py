@@ -73,14 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--loans", type=int, default=2000)
     sim.add_argument("--months", type=int, default=24)
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--sink", choices=["postgres", "kafka"], default="postgres",
-                     help="postgres: real transactions captured by Debezium; kafka: bulk mode, envelopes "
-                     "produced straight to Kafka")
-    sim.add_argument("--topic-prefix", help="bulk mode topic prefix (default: the Debezium prefix, servicing)")
+    sim.add_argument(
+        "--sink",
+        choices=["postgres", "kafka"],
+        default="postgres",
+        help="postgres: real transactions captured by Debezium; kafka: bulk mode, envelopes "
+        "produced straight to Kafka",
+    )
+    sim.add_argument(
+        "--topic-prefix", help="bulk mode topic prefix (default: the Debezium prefix, servicing)"
+    )
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
 
-    demo = sub.add_parser("demo", help="stack up, simulate a book, run every asset through Dagster, write a summary")
+    demo = sub.add_parser(
+        "demo", help="stack up, simulate a book, run every asset through Dagster, write a summary"
+    )
     demo.add_argument("--loans", type=int, default=2000)
     demo.add_argument("--months", type=int, default=24)
     demo.add_argument("--seed", type=int, default=7)

@@ -38,7 +38,10 @@ class DemoResult:
 
 def source_row_counts(settings: CardoSettings) -> dict[str, int]:
     with psycopg.connect(settings.pg_dsn) as conn:
-        return {t.name: conn.execute(f'SELECT count(*) FROM public."{t.name}"').fetchone()[0] for t in SOURCE_TABLES}
+        return {
+            t.name: conn.execute(f'SELECT count(*) FROM public."{t.name}"').fetchone()[0]
+            for t in SOURCE_TABLES
+        }
 
 
 def topic_message_counts(settings: CardoSettings) -> dict[str, dict[int, int]]:
@@ -74,13 +77,18 @@ def run_asset_graph(settings: CardoSettings) -> dict:
     definitions = defs()
     with dg.DagsterInstance.get() as instance:
         result = definitions.resolve_job_def(DEMO_JOB).execute_in_process(
-            instance=instance, raise_on_error=False,
+            instance=instance,
+            raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        materialized = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
+        materialized = sorted(
+            {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        )
         observed = sorted({e.asset_key.to_user_string() for e in result.get_asset_observation_events()})
         failed_steps = sorted(e.step_key for e in result.all_events if e.is_step_failure)
-        checks = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        checks = [
+            e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
         return {
             "run_id": result.run_id,
             "success": result.success,
@@ -103,13 +111,17 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
         from cardo_pipeline.simulator import simulate
         from cardo_pipeline.simulator.postgres_sink import PostgresSink
 
-        log(f"simulating {options.loans} loans over {options.months} months (seed {options.seed}) into Postgres")
+        log(
+            f"simulating {options.loans} loans over {options.months} months (seed {options.seed}) into Postgres"
+        )
         with PostgresSink(settings.pg_dsn) as sink:
             summary = simulate(sink, loans=options.loans, months=options.months, seed=options.seed)
         simulation = summary.as_dict()
     else:
-        log(f"servicing already holds {rows_before['loans']} loans: not simulating again "
-            "(`make clean` starts over)")
+        log(
+            f"servicing already holds {rows_before['loans']} loans: not simulating again "
+            "(`make clean` starts over)"
+        )
 
     # Every row change is one message, and every delete is followed by a tombstone.
     expected = 0 if simulation is None else simulation["total_changes"] + simulation["deletes"]
@@ -125,7 +137,8 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
         "simulation": simulation,
         "source_rows": source_row_counts(settings),
         "kafka_end_offsets": {
-            topic: {str(p): o for p, o in parts.items()} for topic, parts in topic_message_counts(settings).items()
+            topic: {str(p): o for p, o in parts.items()}
+            for topic, parts in topic_message_counts(settings).items()
         },
         "kafka_messages": messages,
         **{k: v for k, v in dagster_result.items()},

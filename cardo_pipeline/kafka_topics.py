@@ -15,13 +15,15 @@ class KafkaUnavailable(RuntimeError):
 
 
 def _consumer(bootstrap: str, timeout_s: float) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "cardo-offsets-reader",  # required by librdkafka; never used: no subscribe, no commit
-        "enable.auto.commit": False,
-        "socket.timeout.ms": int(timeout_s * 1000),
-        "session.timeout.ms": 6000,
-    })
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "cardo-offsets-reader",  # required by librdkafka; never used: no subscribe, no commit
+            "enable.auto.commit": False,
+            "socket.timeout.ms": int(timeout_s * 1000),
+            "session.timeout.ms": 6000,
+        }
+    )
 
 
 def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, dict[int, int]]:
@@ -42,7 +44,9 @@ def end_offsets(bootstrap: str, topics: Iterable[str], timeout_s: float = 5.0) -
                 result[topic] = {}
                 continue
             result[topic] = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[1]
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s, cached=False)[
+                    1
+                ]
                 for p in sorted(partitions.partitions)
             }
         return result

@@ -23,7 +23,9 @@ def read_new_messages(
             break
         assert time.monotonic() < deadline, f"{topic}: {available} of {expected} messages after {timeout_s} s"
         time.sleep(0.5)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "cardo-tests", "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "cardo-tests", "enable.auto.commit": False}
+    )
     try:
         messages = []
         for partition, end in sorted(ends.items()):
@@ -35,11 +37,13 @@ def read_new_messages(
                 msg = consumer.poll(5)
                 assert msg is not None, f"{topic}[{partition}] stopped before offset {end}"
                 assert msg.error() is None, msg.error()
-                messages.append((
-                    partition,
-                    json.loads(msg.key()) if msg.key() is not None else None,
-                    json.loads(msg.value()) if msg.value() is not None else None,
-                ))
+                messages.append(
+                    (
+                        partition,
+                        json.loads(msg.key()) if msg.key() is not None else None,
+                        json.loads(msg.value()) if msg.value() is not None else None,
+                    )
+                )
                 if msg.offset() + 1 >= end:
                     break
         return messages

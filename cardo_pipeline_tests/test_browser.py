@@ -19,8 +19,15 @@ from cardo_pipeline.tables import SOURCE_TABLES
 pytestmark = pytest.mark.browser
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
     "--virtual-time-budget=20000",  # let the React app fetch the graph over GraphQL before we read the page
 ]
 
@@ -36,9 +43,22 @@ def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
     port = _free_port()
     env = {**test_env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
     Path(env["DAGSTER_HOME"]).mkdir()
+    log = open(tmp_path / "dagster-dev.log", "wb")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=PROJECT_ROOT, env=env, stdout=open(tmp_path / "dagster-dev.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-w",
+            "workspace.yaml",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # dagster dev spawns a code server and a daemon: stop the whole group
     )
     url = f"http://127.0.0.1:{port}"
@@ -50,7 +70,9 @@ def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"dagster dev did not serve: {(tmp_path / 'dagster-dev.log').read_text()[-2000:]}")
+                    raise AssertionError(
+                        f"dagster dev did not serve: {(tmp_path / 'dagster-dev.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(1)
         yield url
     finally:
@@ -60,6 +82,7 @@ def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,7 +90,9 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     assert binary, "Debian's chromium is missing: `make deps` installs it"
     return subprocess.run(
         [binary, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

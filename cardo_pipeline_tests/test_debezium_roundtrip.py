@@ -13,8 +13,9 @@ from cardo_pipeline_tests.kafka_helpers import read_new_messages
 
 pytestmark = pytest.mark.stack
 TOAST_PLACEHOLDER = "__debezium_unavailable_value"
-LONG_NOTES = " ".join(f"call {i}: borrower promised payment by day {i % 28 + 1}, ref {i * 7919 % 100003}"
-                      for i in range(80))
+LONG_NOTES = " ".join(
+    f"call {i}: borrower promised payment by day {i % 28 + 1}, ref {i * 7919 % 100003}" for i in range(80)
+)
 
 
 def _decimal(encoded: str, scale: int) -> Decimal:
@@ -31,10 +32,13 @@ def test_insert_update_delete_and_untouched_toast_column(servicing_dsn: str, kaf
     with psycopg.connect(servicing_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO loans VALUES (910001, 5, 'mortgage', 'EUR', 250000.00, 0.03125, 300, '2024-03-01',"
-            " '2049-03-01', 250000.00, 'active', 0, %s, '2024-03-01T09:30:00Z')", (LONG_NOTES,),
+            " '2049-03-01', 250000.00, 'active', 0, %s, '2024-03-01T09:30:00Z')",
+            (LONG_NOTES,),
         )
         # A servicing update that leaves the TOASTed notes untouched, then one that rewrites them.
-        conn.execute("UPDATE loans SET outstanding_principal = 249123.45, days_past_due = 31 WHERE loan_id = 910001")
+        conn.execute(
+            "UPDATE loans SET outstanding_principal = 249123.45, days_past_due = 31 WHERE loan_id = 910001"
+        )
         conn.execute("UPDATE loans SET servicer_notes = 'short note' WHERE loan_id = 910001")
         conn.execute("DELETE FROM loans WHERE loan_id = 910001")
 

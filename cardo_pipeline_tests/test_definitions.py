@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cardo_pipeline.definitions import DEMO_JOB, defs
 from cardo_pipeline.defs.groups import ALL_GROUPS, SOURCES
 from cardo_pipeline.defs.resources import resources_for
-from cardo_pipeline.definitions import DEMO_JOB, defs
 from cardo_pipeline.tables import SOURCE_TABLES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +60,15 @@ def test_resources_are_chosen_per_environment_with_the_same_keys() -> None:
 def test_command_line_tools_accept_the_definitions(command: list[str], tmp_path: Path) -> None:
     binary = str(Path(sys.executable).parent / command[0])
     result = subprocess.run(
-        [binary, *command[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-        env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path),
-             "HOME": str(tmp_path)},
+        [binary, *command[1:]],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+            "DAGSTER_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+        },
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -15,7 +15,10 @@ def test_dbt_project_parses(tmp_path: Path) -> None:
     dbt = Path(sys.executable).parent / "dbt"
     result = subprocess.run(
         [str(dbt), "parse", "--profiles-dir", ".", "--target-path", str(tmp_path / "target")],
-        cwd=PROJECT_ROOT / "dbt_project", capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT / "dbt_project",
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PATH": f"{dbt.parent}:/usr/bin:/bin", "CARDO_HOME": str(tmp_path), "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stdout[-2000:]

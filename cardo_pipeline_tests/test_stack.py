@@ -20,7 +20,11 @@ from cardo_pipeline.stack.process import ManagedProcess
 from cardo_pipeline.stack.services import Kafka
 from cardo_pipeline.tables import SOURCE_TABLES
 
-PG_TYPE_NAMES = {"timestamptz": "timestamp with time zone", "char(2)": "character(2)", "char(3)": "character(3)"}
+PG_TYPE_NAMES = {
+    "timestamptz": "timestamp with time zone",
+    "char(2)": "character(2)",
+    "char(3)": "character(3)",
+}
 
 
 @pytest.mark.stack
@@ -100,13 +104,21 @@ def _processes_mentioning(text: str) -> list[str]:
 def test_cli_up_status_down_leaves_no_process(test_env: dict[str, str]) -> None:
     home = Path(test_env["CARDO_HOME"]).with_name(Path(test_env["CARDO_HOME"]).name + "-lifecycle")
     shutil.rmtree(home, ignore_errors=True)
-    env = {**os.environ, "CARDO_HOME": str(home), "CARDO_PG_PORT": "54349", "CARDO_KAFKA_PORT": "29292",
-           "CARDO_KAFKA_CONTROLLER_PORT": "29293", "CARDO_CONNECT_PORT": "28283"}
+    env = {
+        **os.environ,
+        "CARDO_HOME": str(home),
+        "CARDO_PG_PORT": "54349",
+        "CARDO_KAFKA_PORT": "29292",
+        "CARDO_KAFKA_CONTROLLER_PORT": "29293",
+        "CARDO_CONNECT_PORT": "28283",
+    }
     cardo = [sys.executable, "-m", "cardo_pipeline.cli"]
     try:
         up = subprocess.run([*cardo, "stack", "up"], env=env, capture_output=True, text=True, timeout=300)
         assert up.returncode == 0, up.stderr
-        status = subprocess.run([*cardo, "stack", "status"], env=env, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(
+            [*cardo, "stack", "status"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert status.returncode == 0 and status.stdout.count("healthy") == 3, status.stdout
         again = subprocess.run([*cardo, "stack", "up"], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr  # idempotent

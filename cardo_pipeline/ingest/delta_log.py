@@ -54,7 +54,8 @@ class OffsetTrackedTable:
             configuration={"delta.appendOnly": "true"},
             commit_properties=CommitProperties(
                 app_transactions=[
-                    Transaction(app_id=offsets_app_id(topic, p), version=o) for p, o in sorted(next_offsets.items())
+                    Transaction(app_id=offsets_app_id(topic, p), version=o)
+                    for p, o in sorted(next_offsets.items())
                 ],
                 custom_metadata={"cardo.kafka_offsets": json.dumps({topic: next_offsets}), **metadata},
             ),

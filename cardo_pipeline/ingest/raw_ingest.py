@@ -55,12 +55,19 @@ def _not_yet_dead_lettered(dead: pa.Table, already: dict[int, int]) -> pa.Table:
     """Drop dead letters a crashed earlier attempt already committed (dead letters are few: plain Python)."""
     if dead.num_rows == 0 or not any(already.values()):
         return dead
-    keep = [o >= already.get(p, 0) for p, o in zip(dead["partition"].to_pylist(), dead["offset"].to_pylist())]
+    partitions, offsets = dead["partition"].to_pylist(), dead["offset"].to_pylist()
+    keep = [o >= already.get(p, 0) for p, o in zip(partitions, offsets, strict=True)]
     return dead.filter(pa.array(keep))
 
 
-def _append_with_retry(table: OffsetTrackedTable, rows: pa.Table, topic: str, offsets: dict[int, int],
-                       metadata: dict[str, str], attempts: int = 5) -> int:
+def _append_with_retry(
+    table: OffsetTrackedTable,
+    rows: pa.Table,
+    topic: str,
+    offsets: dict[int, int],
+    metadata: dict[str, str],
+    attempts: int = 5,
+) -> int:
     """The dead-letter table is shared by every raw asset: a concurrent append can win the commit race."""
     for attempt in range(attempts):
         try:
@@ -108,7 +115,9 @@ def ingest_topic(
         report.dead_lettered += decoded.dead_letters.num_rows
         report.batches += 1
         report.new_columns.update({k: str(v) for k, v in decoded.new_columns.items()})
-        log(f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
-            f"raw version {report.raw_version}")
+        log(
+            f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
+            f"raw version {report.raw_version}"
+        )
     report.seconds = time.monotonic() - started
     return report

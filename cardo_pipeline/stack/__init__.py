@@ -56,10 +56,15 @@ class Stack:
             tasks = ",".join(t["state"] for t in connect_status.get("tasks", []))
             connect_detail = f"connector {connect_status['connector']['state']}, tasks {tasks or 'none'}"
         return [
-            ServiceStatus("postgres", pg_running, pg_running and self.postgres.healthy(), f"{s.host}:{s.pg_port}"),
+            ServiceStatus(
+                "postgres", pg_running, pg_running and self.postgres.healthy(), f"{s.host}:{s.pg_port}"
+            ),
             ServiceStatus("kafka", self.kafka.process.is_running(), self.kafka.healthy(), s.kafka_bootstrap),
             ServiceStatus(
-                "connect", self.connect.process.is_running(), self.connect.connector_running(), self.connect.url,
+                "connect",
+                self.connect.process.is_running(),
+                self.connect.connector_running(),
+                self.connect.url,
                 connect_detail,
             ),
         ]

@@ -44,9 +44,18 @@ def resolve_jars(settings: CardoSettings) -> Path:
             raise StackError("Maven not found: install it (apt-get install -y maven) to fetch the Kafka jars")
         shutil.rmtree(lib, ignore_errors=True)
         result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={lib}"],
-            capture_output=True, text=True,
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={lib}",
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             errors = [line for line in result.stdout.splitlines() if "ERROR" in line][:1]
@@ -60,6 +69,14 @@ def resolve_jars(settings: CardoSettings) -> Path:
 
 def java_command(lib: Path, main_class: str, *args: str, heap: str = "512m", log_config: Path) -> list[str]:
     return [
-        java_bin(), f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log_config}", "-cp", f"{lib}/*", main_class, *args,
+        java_bin(),
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log_config}",
+        "-cp",
+        f"{lib}/*",
+        main_class,
+        *args,
     ]

@@ -23,8 +23,10 @@ INSTALL_HINT = "install it with `make deps` (runs `apt-get install -y postgresql
 def find_bindir() -> Path:
     """The newest Debian Postgres server bin directory (not on PATH), or PG_BINDIR."""
     override = os.environ.get("PG_BINDIR")
-    candidates = [Path(override)] if override else sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    candidates = (
+        [Path(override)]
+        if override
+        else sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
     )
     for bindir in candidates:
         if (bindir / "postgres").exists() and (bindir / "initdb").exists():
@@ -84,16 +86,20 @@ class Postgres:
             return
         self._own(self.root, self.data_dir, self.socket_dir)
         result = self._run(
-            find_bindir() / "initdb", "-D", self.data_dir, "-U", self.settings.pg_user,
-            "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8",
+            find_bindir() / "initdb",
+            "-D",
+            self.data_dir,
+            "-U",
+            self.settings.pg_user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
         )
         if result.returncode != 0:
             raise StackError(f"initdb failed: {result.stderr.strip().splitlines()[-1:]}")
         # Local development only: trust on loopback, replication included (Debezium connects as cardo).
         (self.data_dir / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "host all all 127.0.0.1/32 trust\n"
-            "host replication all 127.0.0.1/32 trust\n"
+            "local all all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
         )
 
     def start(self) -> None:
@@ -111,18 +117,30 @@ class Postgres:
         user = self._server_user()
         if user:
             os.chown(self.log_file, user.pw_uid, user.pw_gid)
-        options = " ".join([
-            f"-p {self.settings.pg_port}",
-            f"-c listen_addresses={self.settings.host}",
-            f"-c unix_socket_directories={self.socket_dir}",
-            "-c wal_level=logical",
-            "-c max_replication_slots=8",
-            "-c max_wal_senders=8",
-            "-c synchronous_commit=off",  # a local dev server: commit latency matters, power loss does not
-            "-c max_connections=50",
-        ])
+        options = " ".join(
+            [
+                f"-p {self.settings.pg_port}",
+                f"-c listen_addresses={self.settings.host}",
+                f"-c unix_socket_directories={self.socket_dir}",
+                "-c wal_level=logical",
+                "-c max_replication_slots=8",
+                "-c max_wal_senders=8",
+                "-c synchronous_commit=off",  # a local dev server: commit latency matters, power loss does not
+                "-c max_connections=50",
+            ]
+        )
         result = self._run(
-            bindir / "pg_ctl", "start", "-w", "-t", "60", "-D", self.data_dir, "-l", self.log_file, "-o", options
+            bindir / "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            self.data_dir,
+            "-l",
+            self.log_file,
+            "-o",
+            options,
         )
         if result.returncode != 0:
             raise StackError(f"Postgres did not start: see {self.log_file}")
@@ -131,7 +149,9 @@ class Postgres:
     def stop(self) -> bool:
         if not self.data_dir.exists() or not self.is_running():
             return False
-        result = self._run(find_bindir() / "pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.data_dir)
+        result = self._run(
+            find_bindir() / "pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", self.data_dir
+        )
         if result.returncode != 0:
             raise StackError(f"Postgres did not stop: {result.stderr.strip()}")
         return True
@@ -139,13 +159,19 @@ class Postgres:
     # -- database and schema -----------------------------------------------------------------------------
     def connect(self, dbname: str | None = None, **kwargs) -> psycopg.Connection:
         return psycopg.connect(
-            host=self.settings.host, port=self.settings.pg_port, user=self.settings.pg_user,
-            dbname=dbname or self.settings.database, connect_timeout=5, **kwargs,
+            host=self.settings.host,
+            port=self.settings.pg_port,
+            user=self.settings.pg_user,
+            dbname=dbname or self.settings.database,
+            connect_timeout=5,
+            **kwargs,
         )
 
     def bootstrap(self) -> None:
         with self.connect(dbname="postgres", autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.settings.database,)).fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.settings.database,)
+            ).fetchone()
             if not exists:
                 conn.execute(f'CREATE DATABASE "{self.settings.database}"')
         apply_migrations(self)
@@ -185,4 +211,3 @@ def apply_migrations(pg: Postgres) -> list[str]:
                 conn.execute("INSERT INTO cardo_meta.schema_migrations (version) VALUES (%s)", (version,))
             applied_now.append(version)
     return applied_now
-

@@ -5,6 +5,7 @@ A pid file holds the pid and the process start time from /proc, so a recycled pi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,19 +91,15 @@ class ManagedProcess:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _start_ticks(pid) is not None:
             _reap(pid)
             time.sleep(0.2)
         if _start_ticks(pid) is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             _reap(pid)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -110,7 +107,5 @@ class ManagedProcess:
 
 def _reap(pid: int) -> None:
     """Collect a child that exited, so it does not linger as a zombie of this process."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -40,7 +40,9 @@ class Kafka:
     def __init__(self, settings: CardoSettings):
         self.settings = settings
         self.root = settings.home / "kafka"
-        self.process = ManagedProcess("kafka", settings.home / "run" / "kafka.pid", settings.home / "logs" / "kafka.log")
+        self.process = ManagedProcess(
+            "kafka", settings.home / "run" / "kafka.pid", settings.home / "logs" / "kafka.log"
+        )
 
     def start(self) -> None:
         s = self.settings
@@ -50,20 +52,43 @@ class Kafka:
         _require_free(s, s.kafka_controller_port, "CARDO_KAFKA_CONTROLLER_PORT")
         lib = resolve_jars(s)
         config = render(
-            DEPLOY / "kafka" / "server.properties", self.root / "server.properties",
-            host=s.host, kafka_port=s.kafka_port, controller_port=s.kafka_controller_port,
+            DEPLOY / "kafka" / "server.properties",
+            self.root / "server.properties",
+            host=s.host,
+            kafka_port=s.kafka_port,
+            controller_port=s.kafka_controller_port,
             log_dirs=self.root / "data",
         )
         log_config = DEPLOY / "kafka" / "log4j2.yaml"
         if not (self.root / "data" / "meta.properties").exists():
-            cluster_id = subprocess.run(
-                java_command(lib, "kafka.tools.StorageTool", "random-uuid", heap="128m", log_config=log_config),
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().splitlines()[-1]
+            cluster_id = (
+                subprocess.run(
+                    java_command(
+                        lib, "kafka.tools.StorageTool", "random-uuid", heap="128m", log_config=log_config
+                    ),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             formatted = subprocess.run(
-                java_command(lib, "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
-                             "-t", cluster_id, "-c", str(config), heap="128m", log_config=log_config),
-                capture_output=True, text=True,
+                java_command(
+                    lib,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "--ignore-formatted",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(config),
+                    heap="128m",
+                    log_config=log_config,
+                ),
+                capture_output=True,
+                text=True,
             )
             if formatted.returncode != 0:
                 raise StackError(f"formatting the Kafka log dir failed: {formatted.stderr.strip()[-300:]}")
@@ -112,21 +137,38 @@ class Connect:
             # The replication slot outlives Connect's offsets: without offsets, start from a clean snapshot.
             drop_stale_slot(SLOT_NAME)
         worker = render(
-            DEPLOY / "connect" / "worker.properties", self.root / "worker.properties",
-            host=s.host, kafka_port=s.kafka_port, connect_port=s.connect_port, offsets_file=self.offsets_file,
+            DEPLOY / "connect" / "worker.properties",
+            self.root / "worker.properties",
+            host=s.host,
+            kafka_port=s.kafka_port,
+            connect_port=s.connect_port,
+            offsets_file=self.offsets_file,
         )
         connector = render(
-            DEPLOY / "connect" / "servicing-postgres.properties", self.root / "servicing-postgres.properties",
-            host=s.host, pg_port=s.pg_port, pg_user=s.pg_user, database=s.database, topic_prefix=s.topic_prefix,
+            DEPLOY / "connect" / "servicing-postgres.properties",
+            self.root / "servicing-postgres.properties",
+            host=s.host,
+            pg_port=s.pg_port,
+            pg_user=s.pg_user,
+            database=s.database,
+            topic_prefix=s.topic_prefix,
             table_include_list=",".join(f"public.{t.name}" for t in SOURCE_TABLES),
         )
-        self.process.start(java_command(
-            lib, "org.apache.kafka.connect.cli.ConnectStandalone", str(worker), str(connector),
-            heap="768m", log_config=DEPLOY / "kafka" / "log4j2.yaml",
-        ))
+        self.process.start(
+            java_command(
+                lib,
+                "org.apache.kafka.connect.cli.ConnectStandalone",
+                str(worker),
+                str(connector),
+                heap="768m",
+                log_config=DEPLOY / "kafka" / "log4j2.yaml",
+            )
+        )
         wait_until(
-            lambda: self.connector_running() or self.process.exited_early(), 120,
-            "Kafka Connect with the Debezium connector", self.process.log_file,
+            lambda: self.connector_running() or self.process.exited_early(),
+            120,
+            "Kafka Connect with the Debezium connector",
+            self.process.log_file,
         )
         if not self.process.is_running():
             raise StackError(f"Kafka Connect exited during start-up: see {self.process.log_file}")
@@ -143,8 +185,10 @@ class Connect:
         if not status:
             return False
         tasks = status.get("tasks", [])
-        return status["connector"]["state"] == "RUNNING" and bool(tasks) and all(
-            t["state"] == "RUNNING" for t in tasks
+        return (
+            status["connector"]["state"] == "RUNNING"
+            and bool(tasks)
+            and all(t["state"] == "RUNNING" for t in tasks)
         )
 
     def stop(self) -> bool:

@@ -48,7 +48,9 @@ def build_topic_observation(table: SourceTable) -> dg.SourceAsset:
         }
         if rows is not None:
             metadata["source_row_count"] = rows
-        return dg.ObserveResult(data_version=dg.DataVersion(json.dumps(offsets, sort_keys=True)), metadata=metadata)
+        return dg.ObserveResult(
+            data_version=dg.DataVersion(json.dumps(offsets, sort_keys=True)), metadata=metadata
+        )
 
     return observe_topic
 
