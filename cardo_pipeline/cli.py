@@ -60,6 +60,42 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.summary["success"] else 1
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cardo_pipeline.ingest.replay import replay_file
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"FILE {path} does not exist")
+    lake = Path(args.lake) if args.lake else CardoSettings.from_env().lake_dir
+    report = replay_file(path, lake)
+    print(json.dumps({"file": str(path), "lake": str(lake), **report.__dict__}))
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    """Land new Kafka messages in the raw tables without Dagster (what the raw assets run)."""
+    from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+    from cardo_pipeline.ingest.raw_ingest import ingest_topic
+    from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
+
+    settings = CardoSettings.from_env()
+    unknown = sorted(set(args.table) - set(TABLES_BY_NAME))
+    if unknown:
+        raise ConfigError(f"--table {unknown[0]!r} is not a source table; choose from {sorted(TABLES_BY_NAME)}")
+    tables = [TABLES_BY_NAME[name] for name in args.table] or list(SOURCE_TABLES)
+    for table in tables:
+        report = ingest_topic(
+            settings.kafka_bootstrap, table, settings.topic(table.name),
+            OffsetTrackedTable(str(settings.lake_dir / "raw" / table.name)),
+            OffsetTrackedTable(str(settings.lake_dir / "raw" / "_dead_letter")),
+            max_batch_messages=args.batch,
+        )
+        print(json.dumps({k: v for k, v in report.__dict__.items()}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
+
+    replay = sub.add_parser("replay", help="land a file of Debezium messages (one value per line) in the lake")
+    replay.add_argument("file")
+    replay.add_argument("--lake", help="lake folder (default: $CARDO_HOME/lake)")
+    replay.set_defaults(func=_replay)
+
+    ingest = sub.add_parser("ingest", help="land new Kafka messages in the raw tables without Dagster")
+    ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
+    ingest.add_argument("--batch", type=int, default=50_000, help="messages per batch (one Delta commit each)")
+    ingest.set_defaults(func=_ingest)
 
     demo = sub.add_parser(
         "demo", help="stack up, simulate a book, run every asset through Dagster, write a summary"

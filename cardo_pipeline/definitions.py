@@ -1,16 +1,31 @@
 """The code location: every domain's definitions merged, with the resources of the current environment.
 
-`dagster dev -w workspace.yaml`, `dg dev` and `dg check defs` all load `defs` from here.
+`dagster dev -w workspace.yaml`, `dg dev` and `dg check defs` all load `defs` from here. Environment variables
+are read when the definitions are built, never at import.
 """
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
+from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
+from cardo_pipeline.defs.raw.checks import RAW_CHECKS
+from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
 from cardo_pipeline.defs.resources import current_resources
 from cardo_pipeline.defs.sources import topics
+from cardo_pipeline.settings import ConfigError
+from cardo_pipeline.tables import SOURCE_TABLES
 
 DEMO_JOB = "materialize_everything"
+
+
+def sensor_interval_seconds() -> int:
+    raw = os.environ.get("CARDO_SENSOR_INTERVAL_SECONDS", "15")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"CARDO_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
 
 
 @dg.definitions
@@ -18,9 +33,15 @@ def defs() -> dg.Definitions:
     everything = dg.define_asset_job(
         DEMO_JOB,
         selection=dg.AssetSelection.all(include_sources=True),
-        description="Observe the topics and materialize every asset: what `make demo` runs.",
+        description="Observe the topics and materialize every asset.",
+    )
+    raw = dg.Definitions(
+        assets=[*RAW_ASSETS, DEAD_LETTER_SPEC],
+        asset_checks=RAW_CHECKS,
+        sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds())],
     )
     return dg.Definitions.merge(
         topics.defs,
+        raw,
         dg.Definitions(jobs=[everything], resources=current_resources()),
     )

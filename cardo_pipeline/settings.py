@@ -64,6 +64,7 @@ class CardoSettings:
             kafka_port=_port(env, "CARDO_KAFKA_PORT", 29092),
             kafka_controller_port=_port(env, "CARDO_KAFKA_CONTROLLER_PORT", 29093),
             connect_port=_port(env, "CARDO_CONNECT_PORT", 28083),
+            topic_prefix=env.get("CARDO_TOPIC_PREFIX") or "servicing",
         )
 
     @property

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from deltalake.exceptions import CommitFailedError
 
 from cardo_pipeline.cdc.decode import decode_batch
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
@@ -60,23 +59,13 @@ def _not_yet_dead_lettered(dead: pa.Table, already: dict[int, int]) -> pa.Table:
     return dead.filter(pa.array(keep))
 
 
-def _append_with_retry(
-    table: OffsetTrackedTable,
-    rows: pa.Table,
-    topic: str,
-    offsets: dict[int, int],
-    metadata: dict[str, str],
-    attempts: int = 5,
-) -> int:
-    """The dead-letter table is shared by every raw asset: a concurrent append can win the commit race."""
-    for attempt in range(attempts):
-        try:
-            return table.append(rows, topic, offsets, metadata)
-        except CommitFailedError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+def evolved_columns(raw: OffsetTrackedTable, table: SourceTable) -> dict[str, pa.DataType]:
+    """Columns the raw table gained from the source beyond the registry (name -> Arrow type)."""
+    schema = raw.schema()
+    if schema is None:
+        return {}
+    known = set(table.column_names)
+    return {f.name: f.type for f in schema.field("after").type if f.name not in known}
 
 
 def ingest_topic(
@@ -95,9 +84,10 @@ def ingest_topic(
     start = raw.next_offsets(topic, partitions)
     already_dead = dead_letter.next_offsets(topic, partitions)
     report = IngestReport(table.name, topic, dict(start), dict(start), target_end, raw_version=raw.version())
+    evolved = evolved_columns(raw, table)
 
     for batch in read_batches(bootstrap, ReadTarget(topic, start, target_end), max_batch_messages):
-        decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC))
+        decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC), evolved_columns=evolved)
         if decoded.rows.num_rows + decoded.dead_letters.num_rows != len(batch):
             raise LostEventsError(
                 f"{topic}: consumed {len(batch)} but landed {decoded.rows.num_rows} and dead-lettered "
@@ -107,14 +97,16 @@ def ingest_topic(
         metadata = {"cardo.table": table.name, "cardo.batch_messages": str(len(batch))}
         dead = _not_yet_dead_lettered(decoded.dead_letters, already_dead)
         if dead.num_rows:
-            report.dead_letter_version = _append_with_retry(dead_letter, dead, topic, next_offsets, metadata)
+            # The dead-letter table is shared by every topic; delta-rs rebases appends of other app ids.
+            report.dead_letter_version = dead_letter.append(dead, topic, next_offsets, metadata)
         report.raw_version = raw.append(decoded.rows, topic, next_offsets, metadata)
         report.committed_offsets = next_offsets
         report.consumed += len(batch)
         report.landed += decoded.rows.num_rows
         report.dead_lettered += decoded.dead_letters.num_rows
         report.batches += 1
-        report.new_columns.update({k: str(v) for k, v in decoded.new_columns.items()})
+        report.new_columns.update({k: str(v) for k, v in decoded.new_columns.items() if k not in evolved})
+        evolved.update(decoded.new_columns)
         log(
             f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
             f"raw version {report.raw_version}"

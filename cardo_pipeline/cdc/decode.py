@@ -1,0 +1,417 @@
+"""Decode a batch of one topic's Debezium messages (JsonConverter with schemas) into raw Arrow rows.
+
+What belongs here: the public decoder and the per-row rules of the event contract (ARCHITECTURE section 4)
+seen from the consumer side. A batch of `KafkaRecord`s becomes a `DecodedBatch`: the records that decode, as
+rows in the raw layout of `arrow_types.raw_arrow_schema`, and the others as dead letters with a reason;
+len(rows) + len(dead_letters) == len(records), always, and decoding never raises on message content.
+
+How (all messages of a topic share a schema, so the work is per schema, then per column):
+1. `decode_envelope` splits each value into schema text and payload text by position, grouping by schema.
+2. Each distinct schema is planned once per process: column decoders, registry type checks.
+3. Each group's payloads are parsed by pyarrow.json in a few large calls on worker threads (`decode_bulk`);
+   failures are bisected to the bad records, which are normalised through json.loads or dead-lettered.
+4. Per parsed piece, here: op rules, source.table, TOAST markers and vectorised column conversions
+   (`decode_connect`), again bisected on failure, so one bad message never costs its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cardo_pipeline.cdc.arrow_types import (
+    DEAD_LETTER_SCHEMA,
+    KAFKA_TIMESTAMP,
+    UTC_MICROS,
+    arrow_type_for_column,
+    raw_arrow_schema,
+    wider_type,
+)
+from cardo_pipeline.cdc.decode_bulk import convert_pinpointing, parse_lines_parallel, results, submit
+from cardo_pipeline.cdc.decode_connect import UNAVAILABLE_VALUE, toast_mask
+from cardo_pipeline.cdc.decode_envelope import (
+    IMAGES,
+    Group,
+    SchemaPlan,
+    SchemaTextInvalid,
+    check_key_slices,
+    normalise_value,
+    schema_plan,
+    slice_keys,
+    split_values,
+    type_change,
+)
+from cardo_pipeline.tables import SourceTable
+
+__all__ = [
+    "OP_RULES", "TOMBSTONE_OP", "UNAVAILABLE_VALUE", "DecodedBatch", "KafkaRecord", "OpRule", "decode_batch",
+    "raw_arrow_schema",
+]
+
+TOMBSTONE_OP = "tombstone"
+
+
+class KafkaRecord(NamedTuple):
+    """One consumed Kafka message; `value` None is a tombstone."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int  # the record's Kafka timestamp; negative when the broker has none
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    rows: pa.Table  # raw_arrow_schema(table, new_columns), in input order (may hold several chunks)
+    dead_letters: pa.Table  # DEAD_LETTER_SCHEMA, in input order
+    # Image columns that are not in the registry (added at the source, or passed in as `evolved_columns`),
+    # in the order they follow the registry's columns.
+    new_columns: dict[str, pa.DataType] = field(default_factory=dict)
+
+
+# --- per-op rules: one small strategy per event kind ------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpRule:
+    required_image: str | None  # the image this op cannot do without
+    toast_image: str | None  # the image whose placeholders unchanged_toast lists
+    keeps_images: bool = True
+
+
+OP_RULES: dict[str, OpRule] = {
+    "c": OpRule("after", "after"),  # insert
+    "r": OpRule("after", "after"),  # snapshot read
+    "u": OpRule("after", "after"),  # update (before is null under REPLICA IDENTITY DEFAULT)
+    "d": OpRule("before", "before"),  # delete (before holds at least the key)
+    "t": OpRule(None, None, keeps_images=False),  # truncate: a table-level event without rows
+}
+
+
+def _mask(array: pa.Array) -> np.ndarray:
+    return pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+
+
+class _OpMasks(NamedTuple):
+    images_kept: pa.Array  # rows whose images are kept (not truncates, not tombstones)
+    toast_image: dict[str, pa.Array]  # image -> rows whose unchanged_toast comes from that image
+
+
+def _apply_op_rules(op: pa.Array, images: Mapping[str, pa.Array], tombstone: np.ndarray,
+                    reasons: dict[int, str]) -> _OpMasks:
+    n = len(op)
+    known = tombstone.copy()
+    images_kept = ~tombstone
+    toast_image = {image: np.zeros(n, bool) for image in IMAGES}
+    present = {image: images[image].is_valid().to_numpy(zero_copy_only=False) if image in images
+               else np.zeros(n, bool) for image in IMAGES}
+    for code, rule in OP_RULES.items():
+        is_op = _mask(pc.equal(op, code)) & ~tombstone
+        known |= is_op
+        if rule.required_image is not None:
+            for row in np.flatnonzero(is_op & ~present[rule.required_image]).tolist():
+                reasons.setdefault(row, f"missing {rule.required_image} for op {code}")
+        if not rule.keeps_images:
+            images_kept &= ~is_op
+        if rule.toast_image is not None:
+            toast_image[rule.toast_image] |= is_op
+    for row in np.flatnonzero(~known).tolist():
+        reasons.setdefault(row, f"unknown op {op[row].as_py()!r}")
+    return _OpMasks(pa.array(images_kept), {k: pa.array(v) for k, v in toast_image.items()})
+
+
+# --- one parsed piece -> raw columns ---------------------------------------------------------------------------
+
+class _Piece(NamedTuple):
+    plan: SchemaPlan
+    batch: pa.RecordBatch  # parsed payloads
+    indices: np.ndarray  # record positions of its rows
+
+
+class _DecodedPiece(NamedTuple):
+    indices: np.ndarray
+    columns: dict[str, pa.Array]  # the payload-derived raw columns
+    reasons: dict[int, str]  # row -> dead-letter reason
+
+
+def _decode_piece(piece: _Piece, table: SourceTable, targets: Mapping[str, pa.DataType],
+                  tombstone: np.ndarray) -> _DecodedPiece:
+    plan, batch, n = piece.plan, piece.batch, piece.batch.num_rows
+    reasons: dict[int, str] = {}
+    is_tombstone = tombstone[piece.indices]
+    op = batch.column("op")
+    images = {image: batch.column(image) for image in plan.columns}
+    masks = _apply_op_rules(op, images, is_tombstone, reasons)
+    if is_tombstone.any():
+        op = pc.if_else(pa.array(is_tombstone), pa.scalar(TOMBSTONE_OP), op)
+
+    source = batch.column("source")
+    source_table = source.field("table")
+    for row in np.flatnonzero(~_mask(pc.equal(source_table, table.name)) & ~is_tombstone).tolist():
+        reasons.setdefault(row, f"source.table {source_table[row].as_py()!r} does not match the topic's "
+                                f"table {table.name!r}")
+
+    columns: dict[str, pa.Array] = {}
+    toast_hits: dict[str, np.ndarray] = {}
+    image_type = pa.struct([pa.field(name, data_type) for name, data_type in targets.items()])
+    for image in IMAGES:
+        parsed_image = images.get(image)
+        if parsed_image is None:
+            columns[image] = pa.nulls(n, image_type)
+            continue
+        decoders = plan.columns[image]
+        children = []
+        for name, target in targets.items():
+            decoder = decoders.get(name)
+            if decoder is None:  # dropped at the source, or added after this schema
+                children.append(pa.nulls(n, target))
+                continue
+            values = parsed_image.field(name)
+            if decoder.toast_marker is not None:
+                marked = toast_mask(values, decoder.toast_marker)
+                if pc.any(marked).as_py():
+                    values = pc.if_else(marked, pa.scalar(None, values.type), values)  # a marker, not a value
+                    hits = _mask(pc.and_(marked, masks.toast_image[image]))
+                    toast_hits[name] = toast_hits[name] | hits if name in toast_hits else hits
+            converted, failures = convert_pinpointing(decoder, values, target)
+            for row, error in failures.items():
+                reasons.setdefault(row, f"undecodable value: {image}.{name} ({decoder.describe}) = {error}")
+            children.append(converted)
+        is_null = pc.invert(pc.and_(parsed_image.is_valid(), masks.images_kept))
+        columns[image] = pa.StructArray.from_arrays(children, fields=list(image_type), mask=is_null)
+
+    columns["op"] = op
+    columns["unchanged_toast"] = _toast_lists(toast_hits, n)
+    columns["source_lsn"] = source.field("lsn")
+    columns["source_tx_id"] = source.field("txId")
+    columns["source_ts"] = _source_ts(source.field("ts_us"), source.field("ts_ms"), reasons)
+    columns["source_table"] = source_table
+    columns["snapshot"] = source.field("snapshot")
+    return _DecodedPiece(piece.indices, columns, reasons)
+
+
+def _source_ts(ts_us: pa.Array, ts_ms: pa.Array, reasons: dict[int, str]) -> pa.Array:
+    """source.ts_us, or ts_ms for a Debezium that does not send it."""
+    try:
+        return pc.coalesce(ts_us, pc.multiply_checked(ts_ms, 1000)).cast(UTC_MICROS)
+    except pa.ArrowInvalid:  # an absurd ts_ms somewhere: only the rows that need it are bad
+        micros = []
+        for row, (us, ms) in enumerate(zip(ts_us.to_pylist(), ts_ms.to_pylist(), strict=True)):
+            if us is None and ms is not None and abs(ms) >= (1 << 63) // 1000:
+                reasons.setdefault(row, f"undecodable value: source.ts_ms = {ms} is out of range")
+                ms = None
+            micros.append(us if us is not None else None if ms is None else ms * 1000)
+        return pa.array(micros, pa.int64()).cast(UTC_MICROS)
+
+
+def _toast_lists(hits_by_column: Mapping[str, np.ndarray], n: int) -> pa.Array:
+    """unchanged_toast: per row, the names of the columns that carried the placeholder (usually none)."""
+    names = list(hits_by_column)
+    hits = np.stack([hits_by_column[name] for name in names], axis=1) if names else np.zeros((n, 0), bool)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(hits.sum(axis=1), out=offsets[1:])
+    _, column_of_hit = np.nonzero(hits)  # row-major: each row's names in column order
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(names, pa.string()).take(column_of_hit))
+
+
+# --- the batch ------------------------------------------------------------------------------------------------
+
+def _parse_groups(groups: list[Group], values: Sequence[bytes | None], table: SourceTable,
+                  tombstone: np.ndarray, dead: dict[int, str], loose: list[int]) -> list[_Piece]:
+    """Parse every group. A record that fails is normalised through json.loads and parsed again in a second
+    pass (an unusual but valid layout still decodes), or dead-lettered. Tombstones of groups that cannot be
+    parsed become `loose`."""
+    pieces: list[_Piece] = []
+    normalised: dict[bytes, Group] = {}
+
+    def normalise(i: int) -> None:
+        if tombstone[i]:
+            loose.append(i)
+            return
+        outcome = normalise_value(values[i])
+        if outcome.reason is not None:
+            dead[i] = outcome.reason
+        else:
+            group = normalised.setdefault(outcome.head, Group(outcome.head, True))
+            group.indices.append(i)
+            group.lines.append(outcome.line)
+
+    def parse(groups: list[Group]) -> None:
+        started = []
+        for group in groups:
+            try:
+                plan = schema_plan(group.schema_text, table)
+            except SchemaTextInvalid:  # json.dumps output is JSON, so only first-pass groups get here
+                for i in group.indices:
+                    normalise(i)
+                continue
+            if isinstance(plan, str):
+                for i in group.indices:
+                    if tombstone[i]:
+                        loose.append(i)
+                    else:
+                        dead[i] = plan
+                continue
+            started.append((group, plan, parse_lines_parallel(group.lines, plan.parse_schema)))
+        for group, plan, futures in started:
+            indices = np.asarray(group.indices, np.int64)
+            for parsed in results(futures):
+                for position, error in parsed.failures.items():
+                    if group.normalised:
+                        dead[group.indices[position]] = f"undecodable value: {error}"
+                    else:
+                        normalise(group.indices[position])
+                pieces.extend(_Piece(plan, batch, indices[positions])
+                              for batch, positions in zip(parsed.batches, parsed.positions, strict=True))
+
+    parse(groups)
+    parse(list(normalised.values()))
+    return pieces
+
+
+def _target_types(table: SourceTable, plans: list[SchemaPlan], evolved_columns: Mapping[str, pa.DataType]
+                  ) -> tuple[dict[str, pa.DataType], dict[int, str]]:
+    """The image column types: registry, evolved columns, then the columns new in this batch (the widest of
+    their types across the batch's schemas). Also the reason for each plan (by id) whose types do not fit."""
+    registry = {c.name: arrow_type_for_column(c) for c in table.columns}
+    targets = {**registry, **evolved_columns}
+    new: dict[str, pa.DataType] = {}
+    for plan in plans:
+        for decoders in plan.columns.values():
+            for name, decoder in decoders.items():
+                if name not in targets:
+                    current = new.get(name)
+                    widest = decoder.natural_type if current is None else wider_type(current, decoder.natural_type)
+                    new[name] = widest or current  # a schema that conflicts is dead-lettered below
+    targets.update(new)
+    errors: dict[int, str] = {}
+    for plan in plans:
+        if plan.registry_error is not None:
+            errors[id(plan)] = plan.registry_error
+            continue
+        for image, decoders in plan.columns.items():
+            for name, decoder in decoders.items():
+                if name not in registry and not decoder.accepts(targets[name]):
+                    errors.setdefault(id(plan), type_change(table, name, decoder, targets[name], image))
+    return targets, errors
+
+
+def _tombstone_piece(indices: list[int], schema: pa.Schema) -> _DecodedPiece:
+    n = len(indices)
+    columns = {name: pa.nulls(n, schema.field(name).type) for name in _PAYLOAD_COLUMNS}
+    columns["op"] = pa.repeat(pa.scalar(TOMBSTONE_OP), n)
+    columns["unchanged_toast"] = _toast_lists({}, n)
+    return _DecodedPiece(np.asarray(sorted(indices), np.int64), columns, {})
+
+
+_PAYLOAD_COLUMNS = ("op", "before", "after", "unchanged_toast", "source_lsn", "source_tx_id", "source_ts",
+                    "source_table", "snapshot")
+
+
+def decode_batch(
+    records: Sequence[KafkaRecord],
+    table: SourceTable,
+    *,
+    ingested_at: datetime,
+    evolved_columns: Mapping[str, pa.DataType] | None = None,
+) -> DecodedBatch:
+    """Decode one topic's messages for `table`. Never raises on message content.
+
+    `evolved_columns` are non-registry columns the raw table already has (name -> Arrow type): every row gets
+    them, and a message's type must fit them as it must fit registry types. Columns new in this batch follow.
+    """
+    if ingested_at.tzinfo is None:
+        raise ValueError("ingested_at must be timezone-aware")
+    n = len(records)
+    topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
+    dead: dict[int, str] = {}  # record position -> reason
+    split = split_values(values, dead)
+    key_slices_dead: dict[int, str] = {}
+    key_slices = slice_keys(keys, key_slices_dead)
+    key_check = submit(check_key_slices, keys, key_slices)  # runs while the values parse
+    tombstone = np.zeros(n, bool)
+    tombstone[split.tombstones] = True
+
+    loose = list(split.loose_tombstones)
+    pieces = _parse_groups(split.groups, values, table, tombstone, dead, loose)
+    plans = list({id(piece.plan): piece.plan for piece in pieces}.values())
+    targets, plan_errors = _target_types(table, plans, evolved_columns or {})
+    new_columns = {name: t for name, t in targets.items() if name not in {c.name for c in table.columns}}
+    schema = raw_arrow_schema(table, new_columns)
+
+    decodable = []
+    for piece in pieces:
+        if id(piece.plan) in plan_errors:
+            for i in piece.indices.tolist():
+                if tombstone[i]:
+                    loose.append(i)
+                else:
+                    dead[i] = plan_errors[id(piece.plan)]
+        else:
+            decodable.append(piece)
+    decoded = results([submit(_decode_piece, piece, table, targets, tombstone) for piece in decodable])
+    for piece in decoded:
+        for row, reason in piece.reasons.items():
+            dead.setdefault(int(piece.indices[row]), reason)
+    if loose:
+        decoded.append(_tombstone_piece(loose, schema))
+    for i, reason in {**key_slices_dead, **key_check.result()}.items():
+        dead.setdefault(i, reason)  # a value's reason says more than its key's
+
+    rows = _assemble_rows(decoded, dead, schema, (topics, partitions, offsets, key_slices.texts, timestamps),
+                          ingested_at)
+    return DecodedBatch(rows, _dead_letter_table(dead, topics, partitions, offsets, keys, values, ingested_at),
+                        new_columns)
+
+
+def _assemble_rows(pieces: list[_DecodedPiece], dead: Mapping[int, str], schema: pa.Schema,
+                   kafka: tuple[Sequence[Any], ...], ingested_at: datetime) -> pa.Table:
+    """The pieces' columns, without dead-lettered records, in input order, with the Kafka columns added.
+
+    With one schema in the batch and nothing dead-lettered, the pieces already are in input order and their
+    columns are used as they are (no copy of the payload data).
+    """
+    if not pieces:
+        return schema.empty_table()
+    indices = np.concatenate([piece.indices for piece in pieces])
+    keep = ~np.isin(indices, np.fromiter(dead, np.int64, len(dead))) if dead else np.ones(len(indices), bool)
+    in_order = bool(keep.all()) and bool((np.diff(indices) > 0).all())
+    order = None if in_order else pa.array(np.argsort(np.where(keep, indices, -1), kind="stable")[(~keep).sum():])
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {}
+    for name in _PAYLOAD_COLUMNS:
+        chunked = pa.chunked_array([piece.columns[name] for piece in pieces], schema.field(name).type)
+        columns[name] = chunked if order is None else chunked.take(order)
+    kept = indices if in_order else np.sort(indices[keep])
+    topics, partitions, offsets, key_texts, timestamps = kafka
+    everything = len(kept) == len(topics)
+    take = (lambda values: values) if everything else (lambda values: [values[i] for i in kept.tolist()])
+    kafka_ms = np.asarray(take(timestamps), np.int64)
+    columns["key"] = pa.array(take(key_texts), pa.string())
+    columns["topic"] = pa.array(take(topics), pa.string())
+    columns["partition"] = pa.array(take(partitions), pa.int32())
+    columns["offset"] = pa.array(take(offsets), pa.int64())
+    columns["kafka_timestamp"] = pa.array(kafka_ms, mask=kafka_ms < 0).cast(KAFKA_TIMESTAMP)
+    columns["ingested_at"] = pa.repeat(pa.scalar(ingested_at, UTC_MICROS), len(kept))
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+
+
+def _dead_letter_table(dead: Mapping[int, str], topics: Sequence[str], partitions: Sequence[int],
+                       offsets: Sequence[int], keys: Sequence[bytes | None], values: Sequence[bytes | None],
+                       dead_lettered_at: datetime) -> pa.Table:
+    order = sorted(dead)
+    return pa.Table.from_arrays([
+        pa.array([topics[i] for i in order], pa.string()),
+        pa.array([partitions[i] for i in order], pa.int32()),
+        pa.array([offsets[i] for i in order], pa.int64()),
+        pa.array([keys[i] for i in order], pa.binary()),
+        pa.array([values[i] for i in order], pa.binary()),
+        pa.array([dead[i] for i in order], pa.string()),
+        pa.repeat(pa.scalar(dead_lettered_at, UTC_MICROS), len(order)),
+    ], schema=DEAD_LETTER_SCHEMA)

@@ -1,0 +1,90 @@
+"""`kafka_offsets_sensor`: compares Kafka end offsets with the offsets committed in the raw tables and requests a
+run of exactly the raw assets that have new messages. Downstream assets follow by their automation conditions.
+
+It reads end offsets only: it never consumes and never commits. A table with a run still in flight is left for a
+later tick, so two runs never ingest the same partition at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dagster as dg
+
+from cardo_pipeline.defs.raw.keys import raw_key
+from cardo_pipeline.defs.resources import KafkaResource, LakeResource
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+from cardo_pipeline.kafka_topics import KafkaUnavailable, end_offsets
+from cardo_pipeline.tables import SourceTable
+
+SENSOR_NAME = "kafka_offsets_sensor"
+RAW_TABLES_TAG = "cardo/raw_tables"
+KAFKA_TIMEOUT_S = 10.0  # a tick must end well inside Dagster's 60 s limit, also when Kafka is down
+
+
+def pending_ranges(
+    kafka: KafkaResource, lake: LakeResource, tables: list[SourceTable]
+) -> tuple[dict[str, dict[int, int]], dict[str, dict[str, list[int]]]]:
+    """(end offsets per topic, {table: {partition: [committed, end]}} for the tables with messages not in raw)."""
+    topics = {t.name: kafka.topic(t.name) for t in tables}
+    ends = end_offsets(kafka.bootstrap(), topics.values(), timeout_s=KAFKA_TIMEOUT_S)
+    pending: dict[str, dict[str, list[int]]] = {}
+    for table in tables:
+        topic_ends = ends[topics[table.name]]
+        committed = OffsetTrackedTable(lake.location("raw", table.name)).next_offsets(
+            topics[table.name], sorted(topic_ends)
+        )
+        ranges = {str(p): [committed[p], end] for p, end in sorted(topic_ends.items()) if end > committed[p]}
+        if ranges:
+            pending[table.name] = ranges
+    return ends, pending
+
+
+def tables_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[
+                dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+            ],
+            tags={"dagster/sensor_name": SENSOR_NAME},
+        )
+    )
+    return {name for run in runs for name in run.tags.get(RAW_TABLES_TAG, "").split(",") if name}
+
+
+def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int) -> dg.SensorDefinition:
+    by_name = {t.name: t for t in tables}
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=interval_seconds,
+        target=[raw_key(t) for t in tables],
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Requests a run of the raw assets whose Kafka topics have new messages (end offsets only).",
+    )
+    def kafka_offsets_sensor(
+        context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        try:
+            ends, pending = pending_ranges(kafka, lake, tables)
+        except KafkaUnavailable as exc:
+            return dg.SkipReason(str(exc))
+        cursor = json.dumps({topic: {str(p): o for p, o in parts.items()} for topic, parts in ends.items()})
+        busy = tables_in_flight(context.instance)
+        ready = {name: ranges for name, ranges in pending.items() if name not in busy}
+        if not ready:
+            reason = f"raw runs still in flight for {sorted(busy)}" if pending else "no new messages in Kafka"
+            return dg.SensorResult(skip_reason=reason, cursor=cursor)
+        # The same offset ranges always give the same run key, so a repeated tick cannot request them twice.
+        run_key = "raw-" + hashlib.sha256(json.dumps(ready, sort_keys=True).encode()).hexdigest()[:20]
+        request = dg.RunRequest(
+            run_key=run_key,
+            asset_selection=[raw_key(by_name[name]) for name in sorted(ready)],
+            tags={RAW_TABLES_TAG: ",".join(sorted(ready))},
+        )
+        context.log.info(f"new messages: {ready}")
+        return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+    return kafka_offsets_sensor
