@@ -66,38 +66,106 @@ def wait_for_capture(settings: CardoSettings, expected_messages: int, timeout_s:
     )
 
 
-def run_asset_graph(settings: CardoSettings) -> dict:
-    """Run the demo job through Dagster against a persistent instance, so the runs show up in `make dev`."""
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class _RunLog:
+    """What the demo's Dagster runs did, gathered across runs for the summary."""
+
+    def __init__(self) -> None:
+        self.run_ids: list[str] = []
+        self.materialized: set[str] = set()
+        self.observed: set[str] = set()
+        self.failed_steps: set[str] = set()
+        self.checks: dict[str, bool] = {}
+        self.success = True
+
+    def add(self, result) -> None:
+        self.run_ids.append(result.run_id)
+        self.success &= result.success
+        self.materialized |= {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+        self.observed |= {e.asset_key.to_user_string() for e in result.get_asset_observation_events()}
+        self.failed_steps |= {e.step_key for e in result.all_events if e.is_step_failure}
+        for event in result.all_events:
+            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+                check = event.event_specific_data
+                self.checks[f"{check.asset_key.to_user_string()}:{check.check_name}"] = check.passed
+
+    def as_dict(self) -> dict:
+        return {
+            "run_ids": self.run_ids,
+            "success": self.success,
+            "assets_materialized": sorted(self.materialized),
+            "assets_observed": sorted(self.observed),
+            "assets_failed": sorted(self.failed_steps),
+            "asset_checks_passed": sorted(k for k, ok in self.checks.items() if ok),
+            "asset_checks_failed": sorted(k for k, ok in self.checks.items() if not ok),
+        }
+
+
+def run_asset_graph(settings: CardoSettings, log=print) -> dict:
+    """Run the graph as production does, against a persistent instance (the runs show up in `make dev`):
+    observe the topics, let the Kafka offsets sensor request the raw runs, then materialize everything else."""
     import dagster as dg
 
-    from cardo_pipeline.definitions import DEMO_JOB, defs
+    from cardo_pipeline.definitions import defs
+    from cardo_pipeline.defs.groups import RAW, SOURCES
+    from cardo_pipeline.defs.raw.sensor import SENSOR_NAME
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     definitions = defs()
+    job = definitions.resolve_implicit_global_asset_job_def()
+    graph = definitions.resolve_asset_graph()
+    runs = _RunLog()
     with dg.DagsterInstance.get() as instance:
-        result = definitions.resolve_job_def(DEMO_JOB).execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
-        materialized = sorted(
-            {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-        )
-        observed = sorted({e.asset_key.to_user_string() for e in result.get_asset_observation_events()})
-        failed_steps = sorted(e.step_key for e in result.all_events if e.is_step_failure)
-        checks = [
-            e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        sources = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SOURCES]
+        runs.add(job.execute_in_process(asset_selection=sources, instance=instance, run_config=QUIET,
+                                        raise_on_error=False))
+
+        sensor = definitions.resolve_sensor_def(SENSOR_NAME)
+        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=definitions.resources))
+        log(f"{SENSOR_NAME}: {len(tick.run_requests or [])} run request(s) {tick.skip_message or ''}".rstrip())
+        for request in tick.run_requests or []:
+            tags = {**request.tags, "dagster/sensor_name": SENSOR_NAME, "dagster/run_key": request.run_key}
+            runs.add(job.execute_in_process(asset_selection=request.asset_selection, instance=instance,
+                                            tags=tags, run_config=QUIET, raise_on_error=False))
+
+        rest = [
+            k for k in graph.get_all_asset_keys()
+            if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW)
         ]
-        return {
-            "run_id": result.run_id,
-            "success": result.success,
-            "assets_materialized": materialized,
-            "assets_observed": observed,
-            "assets_failed": failed_steps,
-            "asset_checks_passed": sorted(c.check_name for c in checks if c.passed),
-            "asset_checks_failed": sorted(c.check_name for c in checks if not c.passed),
+        if rest:
+            runs.add(job.execute_in_process(asset_selection=rest, instance=instance, run_config=QUIET,
+                                            raise_on_error=False))
+    return runs.as_dict()
+
+
+def raw_figures(settings: CardoSettings) -> dict:
+    """Rows, committed offsets and dead letters of the raw layer, and its reconciliation with Kafka."""
+    from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+    from cardo_pipeline.ingest.replay import dead_letters_by_topic
+
+    ends = topic_message_counts(settings)
+    dead = dead_letters_by_topic(settings.lake_dir)
+    figures: dict = {"raw_rows": {}, "kafka_offsets_consumed": {}, "dead_lettered": sum(dead.values()),
+                     "reconciliation": {}}
+    for table in SOURCE_TABLES:
+        topic = settings.topic(table.name)
+        raw = OffsetTrackedTable(str(settings.lake_dir / "raw" / table.name))
+        committed = raw.next_offsets(topic, sorted(ends[topic]))
+        rows = raw.row_count()
+        messages = sum(ends[topic].values())
+        figures["raw_rows"][table.name] = rows
+        figures["kafka_offsets_consumed"][topic] = {str(p): o for p, o in committed.items()}
+        figures["reconciliation"][f"kafka_vs_raw:{table.name}"] = {
+            "kafka_messages": messages, "raw_rows": rows, "dead_lettered": dead.get(topic, 0),
+            "passed": messages == rows + dead.get(topic, 0),
         }
+    return figures
 
 
 def run_demo(options: DemoOptions, log=print) -> DemoResult:
@@ -129,7 +197,7 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
     messages = wait_for_capture(settings, expected, options.capture_timeout_s, log)
 
     log("running the asset graph through Dagster")
-    dagster_result = run_asset_graph(settings)
+    dagster_result = run_asset_graph(settings, log)
 
     summary = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -141,7 +209,8 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
             for topic, parts in topic_message_counts(settings).items()
         },
         "kafka_messages": messages,
-        **{k: v for k, v in dagster_result.items()},
+        **dagster_result,
+        **raw_figures(settings),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     path = settings.home / "demo-summary.json"
@@ -154,9 +223,12 @@ def human_summary(result: DemoResult) -> str:
     rows = ", ".join(f"{k} {v:,}" for k, v in s["source_rows"].items())
     lines = [
         "",
-        f"Demo {'succeeded' if s['success'] else 'FAILED'} in {s['wall_seconds']} s (Dagster run {s['run_id']}).",
+        f"Demo {'succeeded' if s['success'] else 'FAILED'} in {s['wall_seconds']} s "
+        f"({len(s['run_ids'])} Dagster runs).",
         f"  servicing rows : {rows}",
         f"  Kafka messages : {s['kafka_messages']:,} captured by Debezium",
+        f"  raw rows       : " + ", ".join(f"{k} {v:,}" for k, v in s["raw_rows"].items())
+        + f" ({s['dead_lettered']} dead-lettered)",
         f"  assets         : {len(s['assets_materialized'])} materialized, {len(s['assets_observed'])} observed, "
         f"{len(s['assets_failed'])} failed",
         f"  asset checks   : {len(s['asset_checks_passed'])} passed, {len(s['asset_checks_failed'])} failed",
