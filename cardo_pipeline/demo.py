@@ -227,7 +227,7 @@ def human_summary(result: DemoResult) -> str:
         f"({len(s['run_ids'])} Dagster runs).",
         f"  servicing rows : {rows}",
         f"  Kafka messages : {s['kafka_messages']:,} captured by Debezium",
-        f"  raw rows       : " + ", ".join(f"{k} {v:,}" for k, v in s["raw_rows"].items())
+        "  raw rows       : " + ", ".join(f"{k} {v:,}" for k, v in s["raw_rows"].items())
         + f" ({s['dead_lettered']} dead-lettered)",
         f"  assets         : {len(s['assets_materialized'])} materialized, {len(s['assets_observed'])} observed, "
         f"{len(s['assets_failed'])} failed",

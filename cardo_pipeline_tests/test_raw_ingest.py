@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -14,14 +13,14 @@ from cardo_pipeline.defs.raw.assets import RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
 from cardo_pipeline.defs.raw.keys import raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
-from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline.ingest.raw_ingest import ingest_topic
 from cardo_pipeline.tables import TABLES_BY_NAME, Column
 from cardo_pipeline_tests.raw_helpers import (
     audit_topic,
     delta_version,
     encode_changes,
     fresh_prefix,
+    ingest_into,
+    loan_row,
     produce_book,
     produce_raw,
     read_table,
@@ -31,26 +30,6 @@ pytestmark = pytest.mark.stack
 LOANS = TABLES_BY_NAME["loans"]
 
 
-def _ingest(bootstrap: str, lake: Path, table: str, topic: str, batch: int = 50_000):
-    return ingest_topic(
-        bootstrap, TABLES_BY_NAME[table], topic,
-        OffsetTrackedTable(f"{lake}/raw/{table}"), OffsetTrackedTable(f"{lake}/raw/_dead_letter"),
-        max_batch_messages=batch,
-    )
-
-
-def _loan(loan_id: int, **overrides) -> dict:
-    from datetime import UTC, date, datetime
-
-    row = {
-        "loan_id": loan_id, "borrower_id": 7, "product": "auto", "currency": "EUR", "principal": Decimal("18000.00"),
-        "interest_rate": Decimal("0.06500"), "term_months": 60, "origination_date": date(2024, 5, 1),
-        "maturity_date": date(2029, 5, 1), "outstanding_principal": Decimal("18000.00"), "status": "active",
-        "days_past_due": 0, "servicer_notes": None, "updated_at": datetime(2024, 5, 1, 9, tzinfo=UTC),
-    }
-    return row | overrides
-
-
 def test_every_message_lands_exactly_once_in_small_commits_and_a_rerun_adds_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -58,7 +37,7 @@ def test_every_message_lands_exactly_once_in_small_commits_and_a_rerun_adds_noth
     expected = produce_book(kafka_bootstrap, prefix, loans=25, months=4)
     landed = 0
     for table in TABLES_BY_NAME:
-        report = _ingest(kafka_bootstrap, tmp_path, table, f"{prefix}.public.{table}", batch=300)
+        report = ingest_into(kafka_bootstrap, tmp_path, table, f"{prefix}.public.{table}", batch=300)
         assert report.consumed == report.landed + report.dead_lettered and report.dead_lettered == 0
         landed += report.landed
         audit, held = audit_topic(str(tmp_path), table, f"{prefix}.public.{table}")
@@ -66,7 +45,7 @@ def test_every_message_lands_exactly_once_in_small_commits_and_a_rerun_adds_noth
     assert landed == expected
 
     version = delta_version(f"{tmp_path}/raw/payments")
-    again = _ingest(kafka_bootstrap, tmp_path, "payments", f"{prefix}.public.payments")
+    again = ingest_into(kafka_bootstrap, tmp_path, "payments", f"{prefix}.public.payments")
     assert (again.consumed, again.batches) == (0, 0)
     assert delta_version(f"{tmp_path}/raw/payments") == version
 
@@ -81,7 +60,7 @@ def test_every_message_lands_exactly_once_in_small_commits_and_a_rerun_adds_noth
 def test_bad_messages_go_to_the_dead_letter_table_with_their_reason(kafka_bootstrap: str, tmp_path: Path) -> None:
     prefix = fresh_prefix("dlq")
     topic = f"{prefix}.public.loans"
-    good = encode_changes(LOANS, prefix, [_loan(1), _loan(2)])
+    good = encode_changes(LOANS, prefix, [loan_row(1), loan_row(2)])
     envelope = json.loads(good[0])
     unknown_op = json.loads(good[0])
     unknown_op["payload"]["op"] = "x"
@@ -95,7 +74,7 @@ def test_bad_messages_go_to_the_dead_letter_table_with_their_reason(kafka_bootst
     ]
     produce_raw(kafka_bootstrap, topic, [good[0], *bad, good[1]])
 
-    report = _ingest(kafka_bootstrap, tmp_path, "loans", topic)
+    report = ingest_into(kafka_bootstrap, tmp_path, "loans", topic)
     assert (report.consumed, report.landed, report.dead_lettered) == (6, 2, 4)
     dead = read_table(f"{tmp_path}/raw/_dead_letter").to_pylist()
     assert sorted(d["value"] for d in dead) == sorted(bad)
@@ -109,10 +88,10 @@ def test_added_column_appears_as_nullable_and_incompatible_change_fails_its_chec
 ) -> None:
     prefix = fresh_prefix("evolve")
     topic = f"{prefix}.public.loans"
-    produce_raw(kafka_bootstrap, topic, encode_changes(LOANS, prefix, [_loan(1)]))
+    produce_raw(kafka_bootstrap, topic, encode_changes(LOANS, prefix, [loan_row(1)]))
     # Postgres: ALTER TABLE loans ADD COLUMN risk_grade text; Debezium then sends the column in every event.
     widened = replace(LOANS, columns=(*LOANS.columns, Column("risk_grade", "text", True)))
-    produce_raw(kafka_bootstrap, topic, encode_changes(widened, prefix, [_loan(2, risk_grade="B")]))
+    produce_raw(kafka_bootstrap, topic, encode_changes(widened, prefix, [loan_row(2, risk_grade="B")]))
 
     resources = {
         "kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
@@ -129,7 +108,7 @@ def test_added_column_appears_as_nullable_and_incompatible_change_fails_its_chec
     retyped = replace(LOANS, columns=tuple(
         Column(c.name, "text") if c.name == "days_past_due" else c for c in LOANS.columns
     ))
-    produce_raw(kafka_bootstrap, topic, encode_changes(retyped, prefix, [_loan(3, days_past_due="30+")]))
+    produce_raw(kafka_bootstrap, topic, encode_changes(retyped, prefix, [loan_row(3, days_past_due="30+")]))
     second = job.execute_in_process(asset_selection=[raw_key(LOANS)], raise_on_error=False)
     checks = {
         e.event_specific_data.check_name: e.event_specific_data

@@ -256,8 +256,8 @@ def _parse_groups(groups: list[Group], values: Sequence[bytes | None], table: So
                 for i in group.indices:
                     if tombstone[i]:
                         loose.append(i)
-                    else:
-                        dead[i] = plan
+                    else:  # a broken value says so rather than blaming the schema it shares (rare: no hurry)
+                        dead[i] = normalise_value(values[i]).reason or plan
                 continue
             started.append((group, plan, parse_lines_parallel(group.lines, plan.parse_schema)))
         for group, plan, futures in started:
@@ -296,10 +296,10 @@ def _target_types(table: SourceTable, plans: list[SchemaPlan], evolved_columns: 
         if plan.registry_error is not None:
             errors[id(plan)] = plan.registry_error
             continue
-        for image, decoders in plan.columns.items():
+        for decoders in plan.columns.values():
             for name, decoder in decoders.items():
                 if name not in registry and not decoder.accepts(targets[name]):
-                    errors.setdefault(id(plan), type_change(table, name, decoder, targets[name], image))
+                    errors.setdefault(id(plan), type_change(table, name, decoder, targets[name]))
     return targets, errors
 
 

@@ -308,7 +308,7 @@ def field_decoder(field_schema: Mapping[str, Any]) -> FieldDecoder:
     name = field_schema.get("name")
     parameters = field_schema.get("parameters") or {}
     if not isinstance(base, str) or not isinstance(parameters, Mapping):
-        raise UnsupportedConnectType(f"malformed field schema {field_schema!r}"[:200])
+        raise UnsupportedConnectType(f"a malformed field schema {field_schema!r}"[:200])
     describe = base if not name else f"{name} ({base}{_describe_parameters(parameters)})"
     if isinstance(name, str) and (logical := _logical_decoder(name, base, parameters, describe)):
         return logical
@@ -317,7 +317,7 @@ def field_decoder(field_schema: Mapping[str, Any]) -> FieldDecoder:
         return FieldDecoder(describe, _PRIMITIVES[base], _PRIMITIVES[base], _cast, marker)
     if base == "bytes":
         return FieldDecoder(describe, pa.string(), pa.binary(), _bytes, UNAVAILABLE_VALUE_BASE64)
-    raise UnsupportedConnectType(f"unsupported Connect type {describe}")
+    raise UnsupportedConnectType(describe)
 
 
 def _describe_parameters(parameters: Mapping[str, str]) -> str:

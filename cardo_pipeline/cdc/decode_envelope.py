@@ -61,9 +61,9 @@ def _struct_fields(schema: Any, what: str) -> list[Mapping[str, Any]]:
     return fields
 
 
-def type_change(table: SourceTable, column: str, decoder: FieldDecoder, target: pa.DataType, image: str) -> str:
-    return (f"incompatible type change: {table.name}.{column} is {decoder.describe} in the message's "
-            f"{image}, which does not fit the raw table's {target}")
+def type_change(table: SourceTable, column: str, decoder: FieldDecoder, target: pa.DataType) -> str:
+    return (f"incompatible type change: {table.name}.{column} is {decoder.describe} in the message, "
+            f"which does not fit the raw table's {target}")
 
 
 @lru_cache(maxsize=256)
@@ -87,11 +87,18 @@ def schema_plan(schema_text: bytes, table: SourceTable) -> SchemaPlan | str:
 
     columns: dict[str, dict[str, FieldDecoder]] = {}
     parse_fields = []
+    registry = set(table.column_names)
     for image, fields in images.items():
-        try:
-            decoders = {f["field"]: field_decoder(f) for f in fields}
-        except UnsupportedConnectType as error:
-            return f"incompatible type change in {table.name}.{image}: {error}"
+        decoders = {}
+        for f in fields:
+            try:
+                decoders[f["field"]] = field_decoder(f)
+            except UnsupportedConnectType as error:
+                name = f["field"]
+                raw = (f"the raw table's {arrow_type_for_column(table.column(name))}" if name in registry
+                       else "any raw column")
+                return (f"incompatible type change: {table.name}.{name} is {error} in the message, a Connect type "
+                        f"without a decoder into {raw}")
         columns[image] = decoders
         parse_fields.append(pa.field(image, pa.struct([(n, d.parse_type) for n, d in decoders.items()])))
     parse_fields += [pa.field("source", SOURCE_PARSE_TYPE), pa.field("op", pa.string())]
@@ -99,10 +106,10 @@ def schema_plan(schema_text: bytes, table: SourceTable) -> SchemaPlan | str:
     registry_error = None
     for column in table.columns:
         target = arrow_type_for_column(column)
-        for image, decoders in columns.items():
+        for decoders in columns.values():
             decoder = decoders.get(column.name)
             if decoder is not None and not decoder.accepts(target) and registry_error is None:
-                registry_error = type_change(table, column.name, decoder, target, image)
+                registry_error = type_change(table, column.name, decoder, target)
     return SchemaPlan(pa.schema(parse_fields), columns, registry_error)
 
 
