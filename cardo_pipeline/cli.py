@@ -96,6 +96,16 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.workload == "ingest":
+        from cardo_pipeline.bench.ingest import bench_ingest
+
+        log = (lambda _: None) if args.json else print
+        result = bench_ingest(args.events, seed=args.seed, batch=args.batch, log=log)
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
     ingest.add_argument("--batch", type=int, default=50_000, help="messages per batch (one Delta commit each)")
     ingest.set_defaults(func=_ingest)
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
+    bench.add_argument("workload", choices=["ingest"])
+    bench.add_argument("--events", type=int, default=1_000_000)
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--batch", type=int, default=50_000, help="messages per raw commit")
+    bench.add_argument("--json", action="store_true", help="print only the JSON line")
+    bench.set_defaults(func=_bench)
 
     demo = sub.add_parser(
         "demo", help="stack up, simulate a book, run every asset through Dagster, write a summary"

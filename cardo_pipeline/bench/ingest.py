@@ -1,0 +1,100 @@
+"""`cardo bench ingest`: realistic Debezium events (bulk mode) into fresh topics, then, in the same run,
+consume-only throughput (poll and discard) and the full ingest into raw Delta, one JSON line.
+
+Events are produced by a child process, so the peak RSS reported is that of consuming and ingesting only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+from cardo_pipeline.ingest.kafka_reader import consumer_config
+from cardo_pipeline.ingest.raw_ingest import ingest_topic
+from cardo_pipeline.kafka_topics import end_offsets
+from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.stack import Stack
+from cardo_pipeline.tables import SOURCE_TABLES
+
+EVENTS_PER_LOAN_24_MONTHS = 89  # measured on the simulator: originations, schedules, servicing, deletes
+
+
+def produce_events(settings: CardoSettings, prefix: str, events: int, seed: int) -> None:
+    loans = max(1, math.ceil(events / EVENTS_PER_LOAN_24_MONTHS))
+    env = {"CARDO_KAFKA_PORT": str(settings.kafka_port)}
+    subprocess.run(
+        [sys.executable, "-m", "cardo_pipeline.cli", "simulate", "--sink", "kafka", "--topic-prefix", prefix,
+         "--loans", str(loans), "--months", "24", "--seed", str(seed), "--json"],
+        check=True, capture_output=True, env={**os.environ, **env},
+    )
+
+
+def consume_only(bootstrap: str, topics: list[str]) -> tuple[int, int, float]:
+    """(messages, bytes, seconds) to poll every message of the topics and discard it."""
+    ends = end_offsets(bootstrap, topics)
+    consumer = Consumer(consumer_config(bootstrap))
+    assignment = [TopicPartition(t, p, 0) for t in topics for p, end in ends[t].items() if end > 0]
+    target = sum(sum(e.values()) for e in ends.values())
+    consumer.assign(assignment)
+    messages = size = 0
+    started = time.perf_counter()
+    while messages < target:
+        for m in consumer.consume(num_messages=10_000, timeout=1.0):
+            if m.error() is None:
+                messages += 1
+                size += len(m.value() or b"") + len(m.key() or b"")
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return messages, size, seconds
+
+
+def bench_ingest(events: int, seed: int = 42, batch: int = 50_000, log=print) -> dict:
+    settings = CardoSettings.from_env()
+    stack = Stack(settings)
+    if not all(s.healthy for s in stack.status()):
+        stack.up(log=lambda _: None)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    topics = [f"{prefix}.public.{t.name}" for t in SOURCE_TABLES]
+    log(f"producing {events:,} events to {prefix}.public.*")
+    produce_events(settings, prefix, events, seed)
+
+    messages, size, consume_seconds = consume_only(settings.kafka_bootstrap, topics)
+    lake = Path(tempfile.mkdtemp(prefix="cardo-bench-lake-"))
+    try:
+        started = time.perf_counter()
+        landed = 0
+        for table in SOURCE_TABLES:
+            report = ingest_topic(
+                settings.kafka_bootstrap, table, f"{prefix}.public.{table.name}",
+                OffsetTrackedTable(str(lake / "raw" / table.name)),
+                OffsetTrackedTable(str(lake / "raw" / "_dead_letter")), max_batch_messages=batch,
+            )
+            landed += report.landed + report.dead_lettered
+        ingest_seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(lake, ignore_errors=True)
+    if landed != messages:
+        raise AssertionError(f"ingested {landed} of {messages} messages")
+    consume_rate = messages / consume_seconds
+    ingest_rate = messages / ingest_seconds
+    return {
+        "benchmark": "ingest",
+        "events": messages,
+        "mean_message_bytes": round(size / messages),
+        "consume_only_events_per_s": round(consume_rate),
+        "ingest_events_per_s": round(ingest_rate),
+        "ratio": round(ingest_rate / consume_rate, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "batch_messages": batch,
+    }
