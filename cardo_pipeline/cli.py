@@ -77,7 +77,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     """Land new Kafka messages in the raw tables without Dagster (what the raw assets run)."""
     from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-    from cardo_pipeline.ingest.raw_ingest import ingest_topic
+    from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, ingest_topic
     from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 
     settings = CardoSettings.from_env()
@@ -90,7 +90,7 @@ def _ingest(args: argparse.Namespace) -> int:
             settings.kafka_bootstrap, table, settings.topic(table.name),
             OffsetTrackedTable(str(settings.lake_dir / "raw" / table.name)),
             OffsetTrackedTable(str(settings.lake_dir / "raw" / "_dead_letter")),
-            max_batch_messages=args.batch,
+            max_batch_messages=args.batch or DEFAULT_BATCH_MESSAGES,
         )
         print(json.dumps({k: v for k, v in report.__dict__.items()}))
     return 0
@@ -101,7 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
         from cardo_pipeline.bench.ingest import bench_ingest
 
         log = (lambda _: None) if args.json else print
-        result = bench_ingest(args.events, seed=args.seed, batch=args.batch, log=log)
+        result = bench_ingest(args.events, seed=args.seed, log=log, **({"batch": args.batch} if args.batch else {}))
     print(json.dumps(result))
     return 0
 
@@ -139,14 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="land new Kafka messages in the raw tables without Dagster")
     ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
-    ingest.add_argument("--batch", type=int, default=50_000, help="messages per batch (one Delta commit each)")
+    ingest.add_argument("--batch", type=int, help="messages per batch, one Delta commit each (default 20,000)")
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
     bench.add_argument("workload", choices=["ingest"])
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--seed", type=int, default=42)
-    bench.add_argument("--batch", type=int, default=50_000, help="messages per raw commit")
+    bench.add_argument("--batch", type=int, help="messages per raw commit (default 20,000)")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(func=_bench)
 

@@ -364,10 +364,12 @@ def test_keys_in_other_layouts_are_kept_as_compact_json():
 
 
 def test_a_malformed_key_is_dead_lettered():
-    values = [envelope(THING_FIELDS, after={"id": i, "name": "a"}) for i in range(3)]
-    keys = [key(1), b'{"schema":{"type":"struct"},"payload":{"id":1,}}', b"\xff\xfe"]
+    values = [envelope(THING_FIELDS, after={"id": i, "name": "a"}) for i in range(5)]
+    keys = [key(1), b'{"schema":{"type":"struct"},"payload":{"id":1,}}', b"\xff\xfe",
+            key(2).replace(b'{"id":2}', b'{"id":"\xff"}'), key(3)]
     batch = decode(values, THING, keys=keys)
-    assert batch.rows["offset"].to_pylist() == [100]
+    assert batch.rows["offset"].to_pylist() == [100, 104]
+    assert len(errors(batch)) == 3
     assert all(e.startswith("malformed key JSON") for e in errors(batch).values())
 
 
@@ -544,6 +546,14 @@ def test_a_new_column_takes_the_widest_type_of_the_batch():
     assert "incompatible type change: things.risk is string" in errors(batch)[102]
 
 
+def test_columns_of_dead_lettered_schemas_are_not_reported():
+    incompatible = envelope([ID, field("name", "int64"), field("extra", "string")],
+                            after={"id": 1, "name": 5, "extra": "x"})
+    batch = decode([incompatible, GOOD], THING)
+    assert batch.new_columns == {}
+    assert "things.name is int64" in errors(batch)[100]
+
+
 def test_known_evolved_columns_fix_the_type():
     wide = envelope([*THING_FIELDS, field("risk", "int64")], after={"id": 2, "name": "b", "risk": 5})
     narrow = envelope([*THING_FIELDS, field("risk", "int16")], after={"id": 1, "name": "a", "risk": 1})
@@ -591,16 +601,22 @@ def test_missing_kafka_timestamp_is_null():
     assert (row["kafka_timestamp"], row["partition"], row["offset"]) == (None, 3, 9)
 
 
-def test_large_batches_are_parsed_in_pieces_and_bad_records_found_in_each():
+def test_large_batches_are_parsed_in_pieces_and_bad_records_found_in_each(monkeypatch):
+    import cardo_pipeline.cdc.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "CHUNK_BYTES", 1 << 20)
     notes = "n" * 3000
-    values = [envelope(THING_FIELDS, after={"id": i, "name": notes}) for i in range(4000)]  # ~16 MB
-    for i in (5, 1999, 3998):
+    values = [envelope(THING_FIELDS, after={"id": i, "name": notes}) for i in range(2000)]  # ~6 MB of payload
+    for i in (5, 999, 1998):
         values[i] = values[i].replace(b'"id":%d,' % i, b'"id":"%d",' % i)
+    values[700:700] = [None] * 3  # tombstones in the middle of a chunk
     batch = decode(values, THING)
-    assert sorted(errors(batch)) == [105, 2099, 4098]
-    assert batch.rows.num_rows == 3997
-    assert batch.rows["after"].combine_chunks().field("id").to_pylist() == [
-        i for i in range(4000) if i not in (5, 1999, 3998)]
+    assert sorted(errors(batch)) == [105, 1102, 2101]
+    assert batch.rows.num_rows == 2000
+    assert batch.rows["after"].num_chunks > 4
+    ids = batch.rows["after"].combine_chunks().field("id").to_pylist()
+    good = [i for i in range(2000) if i not in (5, 999, 1998)]
+    assert ids == good[:699] + [None] * 3 + good[699:]
 
 
 # --- the Connect-type building blocks ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.kafka_reader import consumer_config
-from cardo_pipeline.ingest.raw_ingest import ingest_topic
+from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, ingest_topic
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.settings import CardoSettings
 from cardo_pipeline.stack import Stack
@@ -59,7 +59,7 @@ def consume_only(bootstrap: str, topics: list[str]) -> tuple[int, int, float]:
     return messages, size, seconds
 
 
-def bench_ingest(events: int, seed: int = 42, batch: int = 50_000, log=print) -> dict:
+def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGES, log=print) -> dict:
     settings = CardoSettings.from_env()
     stack = Stack(settings)
     if not all(s.healthy for s in stack.status()):

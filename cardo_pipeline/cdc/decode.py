@@ -17,6 +17,7 @@ How (all messages of a topic share a schema, so the work is per schema, then per
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -33,9 +34,10 @@ from cardo_pipeline.cdc.arrow_types import (
     raw_arrow_schema,
     wider_type,
 )
-from cardo_pipeline.cdc.decode_bulk import convert_pinpointing, parse_lines_parallel, results, submit
-from cardo_pipeline.cdc.decode_connect import UNAVAILABLE_VALUE, toast_mask
+from cardo_pipeline.cdc.decode_bulk import WORKERS, ParsedLines, convert_pinpointing, parse_lines, submit
+from cardo_pipeline.cdc.decode_connect import UNAVAILABLE_VALUE
 from cardo_pipeline.cdc.decode_envelope import (
+    ANY_OBJECT,
     IMAGES,
     Group,
     SchemaPlan,
@@ -55,6 +57,10 @@ __all__ = [
 ]
 
 TOMBSTONE_OP = "tombstone"
+# Payload bytes per pyarrow.json call and decoded piece: large enough to amortise a call (a few ms each), small
+# enough that parsing starts early and a batch spreads over the workers.
+CHUNK_BYTES = 16 << 20
+MIN_CHUNK_BYTES = 1 << 20
 
 
 class KafkaRecord(NamedTuple):
@@ -101,30 +107,36 @@ def _mask(array: pa.Array) -> np.ndarray:
 
 class _OpMasks(NamedTuple):
     images_kept: pa.Array  # rows whose images are kept (not truncates, not tombstones)
-    toast_image: dict[str, pa.Array]  # image -> rows whose unchanged_toast comes from that image
+    toast_image: dict[str, np.ndarray]  # image -> rows whose unchanged_toast comes from that image
 
 
 def _apply_op_rules(op: pa.Array, images: Mapping[str, pa.Array], tombstone: np.ndarray,
                     reasons: dict[int, str]) -> _OpMasks:
+    """Check each row against its op's rule; the few distinct op values are looked up once, not per row."""
     n = len(op)
-    known = tombstone.copy()
+    encoded = op.dictionary_encode()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     images_kept = ~tombstone
     toast_image = {image: np.zeros(n, bool) for image in IMAGES}
     present = {image: images[image].is_valid().to_numpy(zero_copy_only=False) if image in images
                else np.zeros(n, bool) for image in IMAGES}
-    for code, rule in OP_RULES.items():
-        is_op = _mask(pc.equal(op, code)) & ~tombstone
+    known = tombstone.copy()
+    for code, value in enumerate(encoded.dictionary.to_pylist()):
+        rule = OP_RULES.get(value)
+        if rule is None:
+            continue
+        is_op = (codes == code) & ~tombstone
         known |= is_op
         if rule.required_image is not None:
             for row in np.flatnonzero(is_op & ~present[rule.required_image]).tolist():
-                reasons.setdefault(row, f"missing {rule.required_image} for op {code}")
+                reasons.setdefault(row, f"missing {rule.required_image} for op {value}")
         if not rule.keeps_images:
             images_kept &= ~is_op
         if rule.toast_image is not None:
             toast_image[rule.toast_image] |= is_op
     for row in np.flatnonzero(~known).tolist():
         reasons.setdefault(row, f"unknown op {op[row].as_py()!r}")
-    return _OpMasks(pa.array(images_kept), {k: pa.array(v) for k, v in toast_image.items()})
+    return _OpMasks(pa.array(images_kept), toast_image)
 
 
 # --- one parsed piece -> raw columns ---------------------------------------------------------------------------
@@ -139,6 +151,35 @@ class _DecodedPiece(NamedTuple):
     indices: np.ndarray
     columns: dict[str, pa.Array]  # the payload-derived raw columns
     reasons: dict[int, str]  # row -> dead-letter reason
+
+
+def _decode_image(image: str, parsed_image: pa.StructArray, plan: SchemaPlan, targets: Mapping[str, pa.DataType],
+                  masks: _OpMasks, toast_hits: dict[str, np.ndarray], reasons: dict[int, str]) -> pa.Array:
+    """One image's struct column in the raw types; placeholders become nulls and are recorded in toast_hits."""
+    n = len(parsed_image)
+    image_type = pa.struct([pa.field(name, data_type) for name, data_type in targets.items()])
+    is_null = pc.invert(pc.and_(parsed_image.is_valid(), masks.images_kept))
+    if parsed_image.null_count == n or not pc.any(pc.invert(is_null)).as_py():
+        return pa.nulls(n, image_type)  # before of inserts and updates, after of deletes: nothing to convert
+    decoders = plan.columns[image]
+    children = []
+    for name, target in targets.items():
+        decoder = decoders.get(name)
+        if decoder is None:  # dropped at the source, or added after this schema
+            children.append(pa.nulls(n, target))
+            continue
+        values = parsed_image.field(name)
+        if decoder.toast_marker is not None and values.null_count < n:
+            marked = pc.equal(values, decoder.toast_marker)  # null where the value is null
+            if pc.any(marked).as_py():
+                values = pc.if_else(marked, pa.scalar(None, values.type), values)  # a marker, never a value
+                hits = _mask(marked) & masks.toast_image[image]
+                toast_hits[name] = toast_hits[name] | hits if name in toast_hits else hits
+        converted, failures = convert_pinpointing(decoder, values, target)
+        for row, error in failures.items():
+            reasons.setdefault(row, f"undecodable value: {image}.{name} ({decoder.describe}) = {error}")
+        children.append(converted)
+    return pa.StructArray.from_arrays(children, fields=list(image_type), mask=is_null)
 
 
 def _decode_piece(piece: _Piece, table: SourceTable, targets: Mapping[str, pa.DataType],
@@ -160,33 +201,11 @@ def _decode_piece(piece: _Piece, table: SourceTable, targets: Mapping[str, pa.Da
 
     columns: dict[str, pa.Array] = {}
     toast_hits: dict[str, np.ndarray] = {}
-    image_type = pa.struct([pa.field(name, data_type) for name, data_type in targets.items()])
     for image in IMAGES:
-        parsed_image = images.get(image)
-        if parsed_image is None:
-            columns[image] = pa.nulls(n, image_type)
-            continue
-        decoders = plan.columns[image]
-        children = []
-        for name, target in targets.items():
-            decoder = decoders.get(name)
-            if decoder is None:  # dropped at the source, or added after this schema
-                children.append(pa.nulls(n, target))
-                continue
-            values = parsed_image.field(name)
-            if decoder.toast_marker is not None:
-                marked = toast_mask(values, decoder.toast_marker)
-                if pc.any(marked).as_py():
-                    values = pc.if_else(marked, pa.scalar(None, values.type), values)  # a marker, not a value
-                    hits = _mask(pc.and_(marked, masks.toast_image[image]))
-                    toast_hits[name] = toast_hits[name] | hits if name in toast_hits else hits
-            converted, failures = convert_pinpointing(decoder, values, target)
-            for row, error in failures.items():
-                reasons.setdefault(row, f"undecodable value: {image}.{name} ({decoder.describe}) = {error}")
-            children.append(converted)
-        is_null = pc.invert(pc.and_(parsed_image.is_valid(), masks.images_kept))
-        columns[image] = pa.StructArray.from_arrays(children, fields=list(image_type), mask=is_null)
-
+        if image in images:
+            columns[image] = _decode_image(image, images[image], plan, targets, masks, toast_hits, reasons)
+        else:
+            columns[image] = pa.nulls(n, pa.struct([pa.field(k, t) for k, t in targets.items()]))
     columns["op"] = op
     columns["unchanged_toast"] = _toast_lists(toast_hits, n)
     columns["source_lsn"] = source.field("lsn")
@@ -223,84 +242,118 @@ def _toast_lists(hits_by_column: Mapping[str, np.ndarray], n: int) -> pa.Array:
 
 # --- the batch ------------------------------------------------------------------------------------------------
 
-def _parse_groups(groups: list[Group], values: Sequence[bytes | None], table: SourceTable,
-                  tombstone: np.ndarray, dead: dict[int, str], loose: list[int]) -> list[_Piece]:
-    """Parse every group. A record that fails is normalised through json.loads and parsed again in a second
-    pass (an unusual but valid layout still decodes), or dead-lettered. Tombstones of groups that cannot be
-    parsed become `loose`."""
-    pieces: list[_Piece] = []
-    normalised: dict[bytes, Group] = {}
+class _ValueParser:
+    """Parses each group chunk by chunk on the workers while the splitter is still going, then deals with the
+    records that failed: normalised through json.loads and parsed in a second pass (an unusual but valid layout
+    still decodes), or dead-lettered. Tombstones of groups that cannot be parsed become `loose`."""
 
-    def normalise(i: int) -> None:
+    def __init__(self, values: Sequence[bytes | None], table: SourceTable, dead: dict[int, str]):
+        self.values, self.table, self.dead = values, table, dead
+        self.plans: dict[int, SchemaPlan | str | None] = {}  # id(group) -> plan; None: schema text not JSON
+        self.started: list[tuple[Group, SchemaPlan, Future[ParsedLines]]] = []
+        self.normalised: dict[bytes, Group] = {}
+        self.loose: list[int] = []
+
+    def plan(self, group: Group) -> SchemaPlan | str | None:
+        if id(group) not in self.plans:
+            try:
+                self.plans[id(group)] = schema_plan(group.schema_text, self.table)
+            except SchemaTextInvalid:
+                self.plans[id(group)] = None
+        return self.plans[id(group)]
+
+    def on_chunk(self, group: Group, start: int, end: int) -> None:
+        plan = self.plan(group)
+        if isinstance(plan, SchemaPlan):
+            future = submit(parse_lines, group.lines[start:end], plan.parse_schema, start)
+            self.started.append((group, plan, future))
+
+    def finish(self, groups: list[Group], tombstone: np.ndarray) -> list[_Piece]:
+        for group in groups:
+            plan = self.plan(group)
+            if plan is None:
+                for i in group.indices:
+                    self._normalise(i, tombstone)
+            elif isinstance(plan, str):
+                self._dead_letter(group, plan, tombstone)
+        pieces: list[_Piece] = []
+        self._collect(self.started, tombstone, pieces)
+        second = []
+        for group in self.normalised.values():
+            plan = self.plan(group)
+            if isinstance(plan, SchemaPlan):
+                second.append((group, plan, submit(parse_lines, group.lines, plan.parse_schema, 0)))
+            else:  # json.dumps output is always JSON, so this is a reason
+                self._dead_letter(group, plan or "not a Debezium envelope", tombstone)
+        self._collect(second, tombstone, pieces)
+        return pieces
+
+    def _dead_letter(self, group: Group, reason: str, tombstone: np.ndarray) -> None:
+        # A value that is not even JSON says so, rather than blaming the schema it shares: check in bulk.
+        broken = parse_lines(group.lines, ANY_OBJECT).failures
+        for position, i in enumerate(group.indices):
+            if tombstone[i]:
+                self.loose.append(i)
+            else:
+                self.dead[i] = (normalise_value(self.values[i]).reason if position in broken else None) or reason
+
+    def _normalise(self, i: int, tombstone: np.ndarray) -> None:
         if tombstone[i]:
-            loose.append(i)
+            self.loose.append(i)
             return
-        outcome = normalise_value(values[i])
+        outcome = normalise_value(self.values[i])
         if outcome.reason is not None:
-            dead[i] = outcome.reason
+            self.dead[i] = outcome.reason
         else:
-            group = normalised.setdefault(outcome.head, Group(outcome.head, True))
+            group = self.normalised.setdefault(outcome.head, Group(outcome.head, True))
             group.indices.append(i)
             group.lines.append(outcome.line)
 
-    def parse(groups: list[Group]) -> None:
-        started = []
-        for group in groups:
-            try:
-                plan = schema_plan(group.schema_text, table)
-            except SchemaTextInvalid:  # json.dumps output is JSON, so only first-pass groups get here
-                for i in group.indices:
-                    normalise(i)
-                continue
-            if isinstance(plan, str):
-                for i in group.indices:
-                    if tombstone[i]:
-                        loose.append(i)
-                    else:  # a broken value says so rather than blaming the schema it shares (rare: no hurry)
-                        dead[i] = normalise_value(values[i]).reason or plan
-                continue
-            started.append((group, plan, parse_lines_parallel(group.lines, plan.parse_schema)))
-        for group, plan, futures in started:
-            indices = np.asarray(group.indices, np.int64)
-            for parsed in results(futures):
-                for position, error in parsed.failures.items():
-                    if group.normalised:
-                        dead[group.indices[position]] = f"undecodable value: {error}"
-                    else:
-                        normalise(group.indices[position])
-                pieces.extend(_Piece(plan, batch, indices[positions])
-                              for batch, positions in zip(parsed.batches, parsed.positions, strict=True))
-
-    parse(groups)
-    parse(list(normalised.values()))
-    return pieces
+    def _collect(self, started: list[tuple[Group, SchemaPlan, Future[ParsedLines]]], tombstone: np.ndarray,
+                 pieces: list[_Piece]) -> None:
+        indices_of: dict[int, np.ndarray] = {}
+        for group, plan, future in started:
+            parsed = future.result()
+            for position, error in parsed.failures.items():
+                if group.normalised:
+                    self.dead[group.indices[position]] = f"undecodable value: {error}"
+                else:
+                    self._normalise(group.indices[position], tombstone)
+            if id(group) not in indices_of:
+                indices_of[id(group)] = np.asarray(group.indices, np.int64)
+            indices = indices_of[id(group)]
+            pieces.extend(_Piece(plan, batch, indices[positions])
+                          for batch, positions in zip(parsed.batches, parsed.positions, strict=True))
 
 
 def _target_types(table: SourceTable, plans: list[SchemaPlan], evolved_columns: Mapping[str, pa.DataType]
                   ) -> tuple[dict[str, pa.DataType], dict[int, str]]:
     """The image column types: registry, evolved columns, then the columns new in this batch (the widest of
-    their types across the batch's schemas). Also the reason for each plan (by id) whose types do not fit."""
+    their types across the batch's schemas). Also the reason for each plan (by id) whose types do not fit;
+    columns only such plans bring are left out."""
     registry = {c.name: arrow_type_for_column(c) for c in table.columns}
-    targets = {**registry, **evolved_columns}
-    new: dict[str, pa.DataType] = {}
-    for plan in plans:
-        for decoders in plan.columns.values():
-            for name, decoder in decoders.items():
-                if name not in targets:
-                    current = new.get(name)
-                    widest = decoder.natural_type if current is None else wider_type(current, decoder.natural_type)
-                    new[name] = widest or current  # a schema that conflicts is dead-lettered below
-    targets.update(new)
-    errors: dict[int, str] = {}
-    for plan in plans:
-        if plan.registry_error is not None:
-            errors[id(plan)] = plan.registry_error
-            continue
-        for decoders in plan.columns.values():
-            for name, decoder in decoders.items():
-                if name not in registry and not decoder.accepts(targets[name]):
-                    errors.setdefault(id(plan), type_change(table, name, decoder, targets[name]))
-    return targets, errors
+    fixed = {**registry, **evolved_columns}
+    errors = {id(plan): plan.registry_error for plan in plans if plan.registry_error is not None}
+    while True:  # dropping a plan can change the widest types, so repeat until every kept plan fits
+        new: dict[str, pa.DataType] = {}
+        for plan in plans:
+            for decoders in () if id(plan) in errors else plan.columns.values():
+                for name, decoder in decoders.items():
+                    if name not in fixed:
+                        current = new.get(name)
+                        widest = decoder.natural_type if current is None else wider_type(
+                            current, decoder.natural_type)
+                        new[name] = widest or current  # a schema that conflicts is dead-lettered below
+        targets = {**fixed, **new}
+        misfits = {
+            id(plan): type_change(table, name, decoder, targets[name])
+            for plan in plans if id(plan) not in errors
+            for decoders in plan.columns.values() for name, decoder in decoders.items()
+            if name not in registry and not decoder.accepts(targets[name])
+        }
+        if not misfits:
+            return targets, errors
+        errors.update(misfits)
 
 
 def _tombstone_piece(indices: list[int], schema: pa.Schema) -> _DecodedPiece:
@@ -332,15 +385,17 @@ def decode_batch(
     n = len(records)
     topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
     dead: dict[int, str] = {}  # record position -> reason
-    split = split_values(values, dead)
+    parser = _ValueParser(values, table, dead)
+    # About six chunks per worker for small batches (payloads are roughly a third of JsonConverter values).
+    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, sum(map(len, filter(None, values))) // (18 * WORKERS)))
+    split = split_values(values, dead, chunk_bytes, parser.on_chunk)  # parsing starts on the workers meanwhile
     key_slices_dead: dict[int, str] = {}
     key_slices = slice_keys(keys, key_slices_dead)
-    key_check = submit(check_key_slices, keys, key_slices)  # runs while the values parse
+    key_check = submit(check_key_slices, keys, key_slices)
     tombstone = np.zeros(n, bool)
     tombstone[split.tombstones] = True
-
-    loose = list(split.loose_tombstones)
-    pieces = _parse_groups(split.groups, values, table, tombstone, dead, loose)
+    pieces = parser.finish(split.groups, tombstone)
+    loose = parser.loose + split.loose_tombstones
     plans = list({id(piece.plan): piece.plan for piece in pieces}.values())
     targets, plan_errors = _target_types(table, plans, evolved_columns or {})
     new_columns = {name: t for name, t in targets.items() if name not in {c.name for c in table.columns}}
@@ -356,7 +411,8 @@ def decode_batch(
                     dead[i] = plan_errors[id(piece.plan)]
         else:
             decodable.append(piece)
-    decoded = results([submit(_decode_piece, piece, table, targets, tombstone) for piece in decodable])
+    decoded = [future.result() for future in
+               [submit(_decode_piece, piece, table, targets, tombstone) for piece in decodable]]
     for piece in decoded:
         for row, reason in piece.reasons.items():
             dead.setdefault(int(piece.indices[row]), reason)

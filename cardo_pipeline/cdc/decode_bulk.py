@@ -3,13 +3,13 @@
 What belongs here: the machinery `cardo_pipeline.cdc.decode` uses to stay vectorised without letting one bad
 record fail its batch. A bulk call that fails is bisected until the failing single items are found, so k bad
 items among n cost about 2k·log2(n/k) extra, smaller, calls. Also the worker threads: pyarrow releases the GIL
-while it parses and computes, so independent pieces of a batch run on all cores.
+while it parses and computes, so the pieces of a batch run on all cores while Python splits the next ones.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,6 +25,14 @@ _pool: ThreadPoolExecutor | None = None
 T = TypeVar("T")
 
 
+def _forget_pool_after_fork() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads: it starts its own pool when it needs one
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def submit(function: Callable[..., T], *args: Any) -> Future[T]:
     """Run on the shared worker threads (inline when there is one core: threads would only add overhead)."""
     global _pool
@@ -37,26 +45,15 @@ def submit(function: Callable[..., T], *args: Any) -> Future[T]:
     return _pool.submit(function, *args)
 
 
-def split_evenly(lines: list[bytes], pieces: int, min_bytes: int = 4 << 20) -> list[tuple[int, int]]:
-    """Contiguous [start, end) ranges of about equal bytes, at most `pieces`, none much under `min_bytes`."""
-    sizes = np.fromiter(map(len, lines), np.int64, len(lines))
-    total = int(sizes.sum())
-    count = max(1, min(pieces, total // min_bytes))
-    if count == 1:
-        return [(0, len(lines))]
-    cuts = np.searchsorted(np.cumsum(sizes), [total * k // count for k in range(1, count)])
-    bounds = [0, *sorted(set(int(c) + 1 for c in cuts if 0 <= c < len(lines) - 1)), len(lines)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
-
-
 # --- JSON lines ---------------------------------------------------------------------------------------------
 
 def _read_lines(lines: list[bytes], schema: pa.Schema) -> pa.Table:
     """Exactly one JSON object per line, read in a single block.
 
-    Why one block: pyarrow.json cuts blocks at raw line breaks, and a block that starts with a bare `null` crashes
-    the reader (pyarrow 25). Every line starts with "{", so one block always starts with an object; a raw line
-    break inside a line only adds documents, which the row count catches.
+    Why one block: pyarrow.json cuts blocks at raw line breaks, and a block that starts with a bare `null`
+    crashes the reader (pyarrow 25). Every line starts with "{", so a single block starts with an object; a raw
+    line break inside a line only adds documents, which the row count catches. Why validate: the reader copies
+    string bytes into string columns without checking they are UTF-8 (bytes in skipped fields do no harm).
     """
     data = b"\n".join(lines)
     table = pa_json.read_json(
@@ -66,19 +63,9 @@ def _read_lines(lines: list[bytes], schema: pa.Schema) -> pa.Table:
     )
     if table.num_rows != len(lines):
         raise ValueError("the payload is not exactly one JSON object")
+    if not data.isascii():
+        table.validate(full=True)
     return table
-
-
-def invalid_utf8(lines: list[bytes]) -> dict[int, str]:
-    """Lines that are not UTF-8: pyarrow.json would copy their bytes into string columns unchecked."""
-    bad: dict[int, str] = {}
-    for i, line in enumerate(lines):
-        if not line.isascii():
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                bad[i] = f"malformed JSON: invalid UTF-8 ({error.reason} at payload byte {error.start})"
-    return bad
 
 
 class ParsedLines:
@@ -100,29 +87,20 @@ class ParsedLines:
 def parse_lines(lines: list[bytes], schema: pa.Schema, offset: int = 0) -> ParsedLines:
     """Parse lines that each start with "{" against an explicit schema; positions are `offset` + line index."""
     result = ParsedLines()
-    for position, reason in invalid_utf8(lines).items():
-        result.failures[offset + position] = reason
-    todo = np.asarray([i for i in range(len(lines)) if offset + i not in result.failures], np.int64)
-    stack = [(0, len(todo))] if len(todo) else []
+    stack = [(0, len(lines))] if lines else []
     while stack:
         low, high = stack.pop()
-        part = todo[low:high]
         try:
-            chunk = _read_lines(lines[low:high] if len(todo) == len(lines) else [lines[i] for i in part], schema)
+            table = _read_lines(lines[low:high], schema)
         except BULK_ERRORS as error:
             if high - low == 1:
-                result.failures[offset + int(part[0])] = str(error)
+                result.failures[offset + low] = str(error)
             else:
                 middle = (low + high) // 2
                 stack += [(middle, high), (low, middle)]  # the low half first: batches stay in line order
             continue
-        result.add(chunk, part + offset)
+        result.add(table, np.arange(offset + low, offset + high, dtype=np.int64))
     return result
-
-
-def parse_lines_parallel(lines: list[bytes], schema: pa.Schema) -> list[Future[ParsedLines]]:
-    """parse_lines over contiguous pieces, one per worker: the results are in line order."""
-    return [submit(parse_lines, lines[start:end], schema, start) for start, end in split_evenly(lines, WORKERS)]
 
 
 # --- column conversion ------------------------------------------------------------------------------------
@@ -131,6 +109,8 @@ def convert_pinpointing(
     decoder: FieldDecoder, parsed: pa.Array, target: pa.DataType
 ) -> tuple[pa.Array, dict[int, str]]:
     """Convert a column in one call; when that fails, bisect to the failing values (they become nulls)."""
+    if parsed.null_count == len(parsed):
+        return pa.nulls(len(parsed), target), {}
     try:
         return decoder.convert(parsed, target), {}
     except BULK_ERRORS:
@@ -150,7 +130,3 @@ def convert_pinpointing(
                 middle = (low + high) // 2
                 stack += [(middle, high), (low, middle)]
     return pa.concat_arrays(pieces), failures
-
-
-def results(futures: Iterable[Future[T]]) -> list[T]:
-    return [future.result() for future in futures]

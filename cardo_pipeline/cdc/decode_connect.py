@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cardo_pipeline.cdc.arrow_types import MAX_DECIMAL128_PRECISION, UTC_MICROS, is_lossless_widening
 
@@ -55,14 +54,14 @@ class FieldDecoder:
 # --- converters: one per kind of Connect value ---------------------------------------------------------------
 
 def _cast(parsed: pa.Array, target: pa.DataType) -> pa.Array:
-    return parsed.cast(target)  # safe cast: overflow and truncation raise
+    return parsed if parsed.type == target else parsed.cast(target)  # safe cast: overflow, truncation raise
 
 
 def _via(intermediate: pa.DataType) -> Converter:
     """Reinterpret the parsed integers as `intermediate` (epoch days, ms, us...), then cast to the target."""
 
     def convert(parsed: pa.Array, target: pa.DataType) -> pa.Array:
-        return parsed.cast(intermediate).cast(target)
+        return _cast(parsed.cast(intermediate), target)
 
     return convert
 
@@ -117,7 +116,7 @@ def _zoned_timestamp(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     except pa.ArrowInvalid:
         micros = [None if text is None else parse_zoned_timestamp(text) for text in parsed.to_pylist()]
         decoded = pa.array(micros, pa.int64()).cast(UTC_MICROS)
-    return decoded.cast(target)
+    return _cast(decoded, target)
 
 
 # Decimal: base64 of the unscaled value, big-endian two's complement in the fewest bytes. Decoded in bulk, one
@@ -167,23 +166,27 @@ def unscaled_decimal128(encoded: pa.Array) -> pa.Array:
     """
     n = len(encoded)
     offsets, data = _string_buffers(encoded)
-    lengths = np.diff(offsets)
-    valid = encoded.is_valid().to_numpy(zero_copy_only=False) if encoded.null_count else np.ones(n, bool)
+    rows = np.flatnonzero(encoded.is_valid().to_numpy(zero_copy_only=False)) if encoded.null_count else None
+    lengths = np.diff(offsets) if rows is None else np.diff(offsets)[rows]
+    rows = np.arange(n) if rows is None else rows
     little_endian = np.zeros((n, 16), np.uint8)  # null rows stay zero
-    for length in np.unique(lengths[valid]).tolist():
+    for length in np.flatnonzero(np.bincount(lengths, minlength=1)).tolist():
         if length < 4 or length % 4 or length > _MAX_BASE64_CHARS:
             raise ValueError(f"not base64 of at most 16 bytes ({length} characters)")
-        rows = np.flatnonzero(valid & (lengths == length))
-        chars = data[offsets[rows][:, None] + np.arange(length)]
+        of_length = rows if len(rows) and lengths[0] == length and (lengths == length).all() else rows[
+            lengths == length]
+        chars = data[offsets[of_length][:, None] + np.arange(length)]
         decoded, pads = _decode_base64_rows(chars)
         negative = decoded[:, 0] >= 0x80
-        for pad in np.unique(pads).tolist():
+        for pad in (0, 1, 2):
+            subset = pads == pad
+            if not subset.any():
+                continue
             count = length // 4 * 3 - pad  # the value's bytes; above them in little-endian order: its sign
             if count > 16:
                 raise ValueError("decimal needs more than 128 bits")
-            subset = pads == pad
-            target_rows = rows[subset]
-            little_endian[target_rows, :count] = decoded[subset, count - 1::-1] if count else 0
+            target_rows = of_length[subset]
+            little_endian[target_rows, :count] = decoded[subset, count - 1::-1]
             little_endian[target_rows, count:] = np.where(negative[subset], 0xFF, 0)[:, None]
             if count == 16:  # only 16-byte values can exceed 38 digits
                 for row in target_rows.tolist():
@@ -204,7 +207,7 @@ def _decimal(scale: int, precision: int | None) -> Converter:
         try:
             if declared is not None:
                 values = values.cast(declared)  # overflowing the message's own precision is bad data
-            return values.cast(target)
+            return _cast(values, target)
         except pa.ArrowInvalid as error:
             raise ValueError(f"decimal does not fit {declared or target}: {error}") from None
 
@@ -222,7 +225,7 @@ def _base64_bytes(text: str) -> bytes:
 
 def _bytes(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     values = [None if text is None else _base64_bytes(text) for text in parsed.to_pylist()]
-    return pa.array(values, pa.binary()).cast(target)
+    return _cast(pa.array(values, pa.binary()), target)
 
 
 def _variable_scale_decimal(parsed: pa.Array, target: pa.DataType) -> pa.Array:
@@ -324,8 +327,3 @@ def _describe_parameters(parameters: Mapping[str, str]) -> str:
     shown = {"scale": "scale", "connect.decimal.precision": "precision"}
     parts = [f"{label} {parameters[key]}" for key, label in shown.items() if key in parameters]
     return ", " + ", ".join(parts) if parts else ""
-
-
-def toast_mask(parsed: pa.Array, marker: str) -> pa.Array:
-    """Where a parsed column holds the unchanged-TOAST placeholder (false for nulls)."""
-    return pc.fill_null(pc.equal(parsed, marker), False)

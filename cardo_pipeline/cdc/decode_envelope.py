@@ -10,7 +10,7 @@ Values with any other layout are normalised through `json.loads` (slow, rare) an
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -123,6 +123,8 @@ class Group:
     normalised: bool  # built from json.loads output, so a parse failure is final
     indices: list[int] = field(default_factory=list)
     lines: list[bytes] = field(default_factory=list)
+    sent: int = 0  # lines before this one have been handed out for parsing
+    unsent: int = 0  # bytes of the lines after `sent`
 
     @property
     def schema_text(self) -> bytes:
@@ -175,19 +177,28 @@ class SplitValues(NamedTuple):
     loose_tombstones: list[int]  # tombstones not placed in a group (no value came before or after them)
 
 
-def split_values(values: Sequence[bytes | None], dead: dict[int, str]) -> SplitValues:
+ChunkReady = Callable[[Group, int, int], None]  # (group, first line, end line): lines ready to be parsed
+_NO_HEAD: tuple[bytes, ...] = ()  # bytes.startswith(()) is always false
+
+
+def split_values(values: Sequence[bytes | None], dead: dict[int, str], chunk_bytes: int = 1 << 62,
+                 on_chunk: ChunkReady | None = None) -> SplitValues:
     """Group values by schema text; values that cannot be split get a reason in `dead`.
 
     Tombstones join the group of the value before them as an empty payload, so a topic with one schema is one
     group in batch order, and its rows need no reordering. (The row decoder knows them by position.)
+    Every `chunk_bytes` of a group's payloads, and for the rest at the end, `on_chunk` is called, so parsing
+    can start while splitting goes on.
     """
     groups: dict[bytes, Group] = {}
     tombstones: list[int] = []
     pending: list[int] = []  # tombstones before the first splittable value
-    head, size = b"\x00", 1  # matches no value
+    head: bytes | tuple[bytes, ...] = _NO_HEAD
+    size = 0
     group: Group | None = None
     indices: list[int] = []
     lines: list[bytes] = []
+    unsent = 0  # payload bytes of the current group not yet handed to on_chunk
     for i, value in enumerate(values):
         if value is None:
             tombstones.append(i)
@@ -196,31 +207,46 @@ def split_values(values: Sequence[bytes | None], dead: dict[int, str]) -> SplitV
             else:
                 indices.append(i)
                 lines.append(TOMBSTONE_LINE)
-        elif value.startswith(head) and value.endswith(b"}") and value.startswith(b"{", size):
-            indices.append(i)  # the hot path: same schema text as the previous value; the payload is the rest
-            lines.append(value[size:-1])
+        # The hot path: the previous value's schema text, so the payload is the rest. (value[-1] is safe: value
+        # starts with a non-empty head; value[size] is reached only when the value is longer than the head.)
+        elif value.startswith(head) and value[-1] == 0x7D and value[size] == 0x7B:
+            line = value[size:-1]
+            indices.append(i)
+            lines.append(line)
+            unsent += len(line)
+            if unsent >= chunk_bytes and on_chunk is not None and group is not None:
+                on_chunk(group, group.sent, len(lines))
+                group.sent, unsent = len(lines), 0
         else:
             outcome = _locate(value)
             if outcome.reason is not None:
                 dead[i] = outcome.reason
                 continue
+            if group is not None:
+                group.unsent = unsent
             head, size = outcome.head, len(outcome.head)
-            group = groups.get(head)
+            group = groups.get(outcome.head)
             if group is None:
-                group = groups[head] = Group(head, False)
+                group = groups[outcome.head] = Group(outcome.head, False)
                 if pending:
                     group.indices += pending
                     group.lines += [TOMBSTONE_LINE] * len(pending)
                     pending = []
-            indices, lines = group.indices, group.lines
+            indices, lines, unsent = group.indices, group.lines, group.unsent
             indices.append(i)
             lines.append(outcome.line)
+            unsent += len(outcome.line)
+    if on_chunk is not None:
+        for each in groups.values():
+            if each.sent < len(each.lines):
+                on_chunk(each, each.sent, len(each.lines))
+                each.sent = len(each.lines)
     return SplitValues(list(groups.values()), tombstones, pending)
 
 
 # --- keys -------------------------------------------------------------------------------------------------------
 
-_ANY_OBJECT = pa.schema([("_", pa.null())])  # keys are only checked to be JSON objects, then kept as text
+ANY_OBJECT = pa.schema([("_", pa.null())])  # to check texts are JSON objects, reading nothing from them
 
 
 def _normalise_key(key: bytes) -> tuple[bytes | None, str | None]:
@@ -246,7 +272,8 @@ def slice_keys(keys: Sequence[bytes | None], dead: dict[int, str]) -> KeySlices:
     """Each key's payload text, sliced like the values' (Debezium writes it compact; kept verbatim)."""
     texts: list[bytes | None] = [None] * len(keys)
     sliced: list[int] = []
-    head, size = b"\x00", 1
+    head: bytes | tuple[bytes, ...] = _NO_HEAD
+    size = 0
     for i, key in enumerate(keys):
         if key is None:
             continue
@@ -263,12 +290,24 @@ def slice_keys(keys: Sequence[bytes | None], dead: dict[int, str]) -> KeySlices:
     return KeySlices(texts, sliced)
 
 
+def _is_utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def check_key_slices(keys: Sequence[bytes | None], slices: KeySlices) -> dict[int, str]:
-    """Parse the sliced key texts in bulk; a key that fails is normalised, or returned with its reason."""
+    """Check the sliced key texts in bulk (JSON objects, UTF-8); a key that fails is normalised, or returned
+    with its reason."""
     dead: dict[int, str] = {}
     if slices.sliced:
-        parsed = parse_lines([slices.texts[i] for i in slices.sliced], _ANY_OBJECT)
-        for position in parsed.failures:
+        texts = [slices.texts[i] for i in slices.sliced]
+        bad = set(parse_lines(texts, ANY_OBJECT).failures)
+        if not b"".join(texts).isascii():
+            bad.update(position for position, text in enumerate(texts) if not _is_utf8(text))
+        for position in sorted(bad):
             i = slices.sliced[position]
             slices.texts[i], reason = _normalise_key(keys[i])
             if reason:

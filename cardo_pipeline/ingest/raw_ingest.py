@@ -15,8 +15,12 @@ import pyarrow as pa
 from cardo_pipeline.cdc.decode import decode_batch
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.kafka_reader import ReadTarget, read_batches
+from cardo_pipeline.ingest.prefetch import prefetch
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.tables import SourceTable
+
+# A batch is one Delta commit; 20k messages of a few kB keep decode memory well under a gigabyte.
+DEFAULT_BATCH_MESSAGES = 20_000
 
 
 class LostEventsError(RuntimeError):
@@ -75,7 +79,7 @@ def ingest_topic(
     raw: OffsetTrackedTable,
     dead_letter: OffsetTrackedTable,
     *,
-    max_batch_messages: int = 50_000,
+    max_batch_messages: int = DEFAULT_BATCH_MESSAGES,
     log=lambda message: None,
 ) -> IngestReport:
     started = time.monotonic()
@@ -86,7 +90,7 @@ def ingest_topic(
     report = IngestReport(table.name, topic, dict(start), dict(start), target_end, raw_version=raw.version())
     evolved = evolved_columns(raw, table)
 
-    for batch in read_batches(bootstrap, ReadTarget(topic, start, target_end), max_batch_messages):
+    for batch in prefetch(read_batches(bootstrap, ReadTarget(topic, start, target_end), max_batch_messages)):
         decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC), evolved_columns=evolved)
         if decoded.rows.num_rows + decoded.dead_letters.num_rows != len(batch):
             raise LostEventsError(

@@ -11,13 +11,13 @@ from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.defs.sources.topics import topic_asset_key
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline.ingest.raw_ingest import IngestReport, ingest_topic
+from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport, ingest_topic
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
 
 class RawIngestConfig(dg.Config):
-    max_batch_messages: int = 50_000  # bounds memory: one batch is decoded and committed at a time
+    max_batch_messages: int = DEFAULT_BATCH_MESSAGES  # bounds memory: one batch is decoded and committed at a time
 
 
 def _offsets(offsets: dict[int, int]) -> dg.MetadataValue:
