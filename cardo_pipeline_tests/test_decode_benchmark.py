@@ -1,8 +1,8 @@
 """Decoder micro-benchmark: realistic servicing messages, as Debezium writes them, decoded in batches.
 
-Run it for numbers: `.venv/bin/python -m cardo_pipeline_tests.test_decode_benchmark [events] [rounds]`. As a test
-(marked slow) it only guards against falling off a cliff, e.g. a change that decodes row by row: shared
-machines are too noisy for a tight bound.
+Run it for numbers: `.venv/bin/python -m cardo_pipeline_tests.test_decode_benchmark [events [rounds [long]]]`
+As a test (marked slow) it only guards against falling off a cliff, e.g. a change that decodes row by row:
+shared machines are too noisy for a tight bound.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ class Transaction(NamedTuple):
 
 def _notes(rnd: random.Random, long: bool) -> str:
     calls = 40 if long else 3  # 40 calls are about 3 kB: stored out of line, so TOASTed
-    return " ".join(f"call {i}: borrower promised payment by day {i % 28 + 1}, ref {rnd.randrange(100003)}"
-                    for i in range(calls))
+    return " ".join(
+        f"call {i}: borrower promised payment by day {i % 28 + 1}, ref {rnd.randrange(100003)}"
+        for i in range(calls)
+    )
 
 
-def loans_messages(count: int, seed: int = 7) -> list[KafkaRecord]:
+def loans_messages(count: int, seed: int = 7, long_notes: float = 0.7) -> list[KafkaRecord]:
     """Loans changes: 30% inserts, 60% updates (half leave the notes TOASTed), 10% deletes with tombstones;
-    70% of notes are about 3 kB."""
+    a `long_notes` share of the notes is about 3 kB."""
     rnd = random.Random(seed)
     encoder = EnvelopeEncoder()
     start = datetime(2024, 3, 1, tzinfo=UTC)
@@ -50,12 +52,19 @@ def loans_messages(count: int, seed: int = 7) -> list[KafkaRecord]:
     while len(messages) < count:
         loan_id += 1
         row = {
-            "loan_id": loan_id, "borrower_id": rnd.randrange(1, 10**6), "product": "mortgage", "currency": "EUR",
+            "loan_id": loan_id,
+            "borrower_id": rnd.randrange(1, 10**6),
+            "product": "mortgage",
+            "currency": "EUR",
             "principal": Decimal(rnd.randrange(10**4, 10**9)) / 100,
-            "interest_rate": Decimal(rnd.randrange(1, 10**5)) / 10**5, "term_months": 240,
-            "origination_date": date(2024, 3, 1), "maturity_date": date(2044, 3, 1),
-            "outstanding_principal": Decimal(rnd.randrange(10**4, 10**9)) / 100, "status": "active",
-            "days_past_due": rnd.randrange(0, 120), "servicer_notes": _notes(rnd, rnd.random() < 0.7),
+            "interest_rate": Decimal(rnd.randrange(1, 10**5)) / 10**5,
+            "term_months": 240,
+            "origination_date": date(2024, 3, 1),
+            "maturity_date": date(2044, 3, 1),
+            "outstanding_principal": Decimal(rnd.randrange(10**4, 10**9)) / 100,
+            "status": "active",
+            "days_past_due": rnd.randrange(0, 120),
+            "servicer_notes": _notes(rnd, rnd.random() < long_notes),
             "updated_at": start + timedelta(microseconds=rnd.randrange(10**12)),
         }
         draw = rnd.random()
@@ -68,8 +77,10 @@ def loans_messages(count: int, seed: int = 7) -> list[KafkaRecord]:
         else:
             change = Change("loans", "d", row)
         messages += encoder.encode_transaction(Transaction((change,), row["updated_at"]))
-    return [KafkaRecord(m.topic, 0, i, m.key, m.value, 1_700_000_000_000 + i)
-            for i, m in enumerate(messages[:count])]
+    return [
+        KafkaRecord(m.topic, 0, i, m.key, m.value, 1_700_000_000_000 + i)
+        for i, m in enumerate(messages[:count])
+    ]
 
 
 class Measurement(NamedTuple):
@@ -108,7 +119,10 @@ def test_decoding_stays_vectorised():
 if __name__ == "__main__":
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
-    records = loans_messages(events)
+    records = loans_messages(events, long_notes=float(sys.argv[3]) if len(sys.argv) > 3 else 0.7)
     result = measure(records, rounds)
-    print(f"{events:,} loans messages of {result.message_bytes / events:,.0f} bytes on average: "
-          f"{result.events_per_second:,.0f} events/s, {result.megabytes_per_second:,.0f} MB/s (best of {rounds})")
+    print(
+        f"{events:,} loans messages of {result.message_bytes / events:,.0f} bytes on average: "
+        f"{result.events_per_second:,.0f} events/s, {result.megabytes_per_second:,.0f} MB/s "
+        f"(best of {rounds})"
+    )

@@ -1,13 +1,15 @@
 """Property tests of the decoder: what the encoder writes decodes back to the rows; garbage never escapes.
 
 Rows are generated per registry table from each column's Postgres type (None for nullable columns, decimal
-extremes, dates far from the epoch, timestamps with microseconds and offsets), encoded byte for byte as Debezium
-writes them by `cardo_pipeline.cdc.encode`, decoded, and compared. Garbage (random bytes, and valid messages
-with random edits) always ends in dead letters or rows, never in an exception, and the counts always add up.
+extremes, dates far from the epoch, timestamps with microseconds and offsets), encoded byte for byte as
+Debezium writes them by `cardo_pipeline.cdc.encode`, decoded, and compared. Garbage (random bytes, and valid
+messages with random edits) always ends in dead letters or rows, never in an exception, and the counts always
+add up.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -38,7 +40,7 @@ class Transaction(NamedTuple):
     committed_at: datetime
 
 
-# --- values per Postgres type ----------------------------------------------------------------------------------
+# --- values per Postgres type -------------------------------------------------------------------------------
 
 _NUMERIC = re.compile(r"numeric\((\d+),(\d+)\)")
 _CHAR = re.compile(r"char\((\d+)\)")
@@ -48,14 +50,21 @@ _ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezon
 def _decimals(precision: int, scale: int) -> st.SearchStrategy[Decimal]:
     largest = Decimal(10**precision - 1).scaleb(-scale)
     return st.one_of(
-        st.sampled_from([largest, -largest, Decimal(0), Decimal(1).scaleb(-scale), -Decimal(1).scaleb(-scale)]),
-        st.decimals(min_value=-largest, max_value=largest, places=scale, allow_nan=False, allow_infinity=False),
+        st.sampled_from(
+            [largest, -largest, Decimal(0), Decimal(1).scaleb(-scale), -Decimal(1).scaleb(-scale)]
+        ),
+        st.decimals(
+            min_value=-largest, max_value=largest, places=scale, allow_nan=False, allow_infinity=False
+        ),
     )
 
 
 def _text() -> st.SearchStrategy[str]:
-    long_text = st.builds(lambda piece, times: piece * times, st.text(min_size=1, max_size=4),
-                          st.integers(TOAST_OUT_OF_LINE_BYTES, TOAST_OUT_OF_LINE_BYTES + 200))
+    long_text = st.builds(
+        lambda piece, times: piece * times,
+        st.text(min_size=1, max_size=4),
+        st.integers(TOAST_OUT_OF_LINE_BYTES, TOAST_OUT_OF_LINE_BYTES + 200),
+    )
     return st.one_of(st.text(max_size=30), long_text)
 
 
@@ -74,7 +83,9 @@ def values_for(column: Column) -> st.SearchStrategy[Any]:
     elif pg_type == "date":
         strategy = st.dates()
     elif pg_type == "timestamptz":
-        strategy = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES)
+        strategy = st.datetimes(
+            min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES
+        )
     else:
         raise AssertionError(f"no strategy for {pg_type}: add one when the registry gets the type")
     return st.one_of(st.none(), strategy) if column.nullable else strategy
@@ -89,7 +100,8 @@ def changes_for(table: SourceTable) -> st.SearchStrategy[Change]:
     return st.builds(Change, st.just(table.name), st.sampled_from(["c", "u", "d"]), rows_for(table), changed)
 
 
-# --- what the decoder must give back ----------------------------------------------------------------------------
+# --- what the decoder must give back ------------------------------------------------------------------------
+
 
 def _blank_padded(table: SourceTable, row: dict[str, Any]) -> dict[str, Any]:
     """char(n) is stored blank-padded, and Debezium sends it so."""
@@ -120,10 +132,18 @@ def expected_rows(table: SourceTable, change: Change) -> list[tuple[str, Any, An
     if change.op == "c":
         return [("c", None, row, [])]
     if change.op == "u":
-        toasted = [name for name in table.toasted if change.changed and name not in change.changed
-                   and row[name] is not None and len(row[name].encode()) >= TOAST_OUT_OF_LINE_BYTES]
+        toasted = [
+            name
+            for name in table.toasted
+            if change.changed
+            and name not in change.changed
+            and row[name] is not None
+            and len(row[name].encode()) >= TOAST_OUT_OF_LINE_BYTES
+        ]
         return [("u", None, {**row, **dict.fromkeys(toasted)}, toasted)]
-    before = {c.name: row[c.name] if c.name in table.primary_key else _delete_default(c) for c in table.columns}
+    before = {
+        c.name: row[c.name] if c.name in table.primary_key else _delete_default(c) for c in table.columns
+    }
     return [("d", before, None, []), ("tombstone", None, None, [])]
 
 
@@ -131,7 +151,8 @@ def decoded_rows(batch) -> list[tuple[str, Any, Any, list[str]]]:
     return [(r["op"], r["before"], r["after"], r["unchanged_toast"]) for r in batch.rows.to_pylist()]
 
 
-# --- properties -----------------------------------------------------------------------------------------------
+# --- properties ---------------------------------------------------------------------------------------------
+
 
 @PROPERTY_SETTINGS
 @given(st.data())
@@ -139,31 +160,54 @@ def test_every_registry_table_round_trips_through_the_encoder(data):
     table = data.draw(st.sampled_from(SOURCE_TABLES), label="table")
     changes = data.draw(st.lists(changes_for(table), min_size=1, max_size=8), label="changes")
     encoder = EnvelopeEncoder()
-    records = [KafkaRecord(m.topic, 0, offset, m.key, m.value, 1_700_000_000_000)
-               for offset, m in enumerate(encoder.encode_transaction(
-                   Transaction(tuple(changes), datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))))]
+    records = [
+        KafkaRecord(m.topic, 0, offset, m.key, m.value, 1_700_000_000_000)
+        for offset, m in enumerate(
+            encoder.encode_transaction(
+                Transaction(tuple(changes), datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
+            )
+        )
+    ]
     batch = decode_batch(records, table, ingested_at=INGESTED_AT)
 
     assert batch.dead_letters.num_rows == 0, batch.dead_letters["error"].to_pylist()
     assert batch.new_columns == {}
     assert batch.rows.schema == raw_arrow_schema(table)
-    assert decoded_rows(batch) == [expected for change in changes for expected in expected_rows(table, change)]
+    assert decoded_rows(batch) == [
+        expected for change in changes for expected in expected_rows(table, change)
+    ]
     keys = [r["key"] for r in batch.rows.to_pylist()]
     pk = table.primary_key[0]
-    assert keys == [f'{{"{pk}":{change.row[pk]}}}' for change in changes for _ in expected_rows(table, change)]
+    assert keys == [
+        f'{{"{pk}":{change.row[pk]}}}' for change in changes for _ in expected_rows(table, change)
+    ]
     lsns = [lsn for lsn in batch.rows["source_lsn"].to_pylist() if lsn is not None]
     assert lsns == sorted(lsns) and len(set(lsns)) == len(changes)
 
 
 def _valid_messages(count: int) -> list[tuple[bytes, bytes | None]]:
     loans = TABLES_BY_NAME["loans"]
-    row = {"loan_id": 1, "borrower_id": 2, "product": "auto", "currency": "EUR", "principal": Decimal("1.00"),
-           "interest_rate": Decimal("0.05"), "term_months": 12, "origination_date": date(2024, 1, 1),
-           "maturity_date": date(2025, 1, 1), "outstanding_principal": Decimal("0.50"), "status": "active",
-           "days_past_due": 0, "servicer_notes": "ok", "updated_at": datetime(2024, 1, 1, tzinfo=UTC)}
+    row = {
+        "loan_id": 1,
+        "borrower_id": 2,
+        "product": "auto",
+        "currency": "EUR",
+        "principal": Decimal("1.00"),
+        "interest_rate": Decimal("0.05"),
+        "term_months": 12,
+        "origination_date": date(2024, 1, 1),
+        "maturity_date": date(2025, 1, 1),
+        "outstanding_principal": Decimal("0.50"),
+        "status": "active",
+        "days_past_due": 0,
+        "servicer_notes": "ok",
+        "updated_at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
     changes = tuple(Change(loans.name, "c", {**row, "loan_id": i}) for i in range(count))
-    return [(m.key, m.value) for m in EnvelopeEncoder().encode_transaction(
-        Transaction(changes, datetime(2024, 5, 1, tzinfo=UTC)))]
+    return [
+        (m.key, m.value)
+        for m in EnvelopeEncoder().encode_transaction(Transaction(changes, datetime(2024, 5, 1, tzinfo=UTC)))
+    ]
 
 
 VALID = _valid_messages(6)
@@ -176,36 +220,82 @@ def edited(draw: st.DrawFn, data: bytes) -> bytes:
         kind = draw(st.sampled_from(["replace", "delete", "insert", "cut"]))
         at = draw(st.integers(0, max(len(data) - 1, 0)))
         if kind == "replace":
-            data = data[:at] + draw(st.binary(min_size=1, max_size=3)) + data[at + 1:]
+            data = data[:at] + draw(st.binary(min_size=1, max_size=3)) + data[at + 1 :]
         elif kind == "delete":
-            data = data[:at] + data[at + draw(st.integers(1, 40)):]
+            data = data[:at] + data[at + draw(st.integers(1, 40)) :]
         elif kind == "insert":
-            insert = draw(st.one_of(st.binary(max_size=8), st.sampled_from(
-                [b"\n", b"null", b'"', b"{", b"}", b",", b'\\u0000', b"\xff", b'"x":1,', b'"op":"d",'])))
+            insert = draw(
+                st.one_of(
+                    st.binary(max_size=8),
+                    st.sampled_from(
+                        [b"\n", b"null", b'"', b"{", b"}", b",", b"\\u0000", b"\xff", b'"x":1,', b'"op":"d",']
+                    ),
+                )
+            )
             data = data[:at] + insert + data[at:]
         else:
             data = data[:at]
     return data
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@st.composite
+def retyped(draw: st.DrawFn, value: bytes) -> bytes:
+    """A valid message, still valid JSON in the same layout, with one payload member replaced by any value."""
+    head, payload = (
+        value[: value.index(b',"payload":') + 11],
+        json.loads(value[value.index(b',"payload":') + 11 : -1]),
+    )
+    part = draw(st.sampled_from(["after", "source", "op", "before"]))
+    if isinstance(payload.get(part), dict) and draw(st.booleans()):
+        payload[part][draw(st.sampled_from(sorted(payload[part])))] = draw(JSON_VALUES)
+    else:
+        payload[part] = draw(JSON_VALUES)
+    return head + json.dumps(payload, separators=(",", ":")).encode() + b"}"
+
+
 GARBAGE = st.one_of(
     st.none(),
     st.binary(max_size=200),
     st.sampled_from([v for _, v in VALID]).flatmap(edited),
-    st.sampled_from([b"{}", b"[]", b"null", b'{"schema":null,"payload":{}}', b'{"schema":{},"payload":{}}',
-                     b'{"schema":{"type":"struct","fields":[]},"payload":{"op":"c"}}']),
+    st.sampled_from([v for _, v in VALID]).flatmap(retyped),
+    st.sampled_from(
+        [
+            b"{}",
+            b"[]",
+            b"null",
+            b'{"schema":null,"payload":{}}',
+            b'{"schema":{},"payload":{}}',
+            b'{"schema":{"type":"struct","fields":[]},"payload":{"op":"c"}}',
+        ]
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=60), st.sampled_from([k for k, _ in VALID])),
-                          GARBAGE), max_size=12),
-       st.lists(st.integers(0, len(VALID) - 1), max_size=6), st.randoms())
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.binary(max_size=60), st.sampled_from([k for k, _ in VALID])), GARBAGE
+        ),
+        max_size=12,
+    ),
+    st.lists(st.integers(0, len(VALID) - 1), max_size=6),
+    st.randoms(),
+)
 def test_garbage_never_raises_and_never_costs_a_valid_message(garbage, valid_picks, random):
     mixed = [(key, value, False) for key, value in garbage]
     mixed += [(*VALID[i], True) for i in valid_picks]
     random.shuffle(mixed)
-    records = [KafkaRecord("servicing.public.loans", 0, offset, k, v, 0) for offset, (k, v, _) in enumerate(mixed)]
+    records = [
+        KafkaRecord("servicing.public.loans", 0, offset, k, v, 0) for offset, (k, v, _) in enumerate(mixed)
+    ]
     batch = decode_batch(records, TABLES_BY_NAME["loans"], ingested_at=INGESTED_AT)
 
     assert batch.rows.num_rows + batch.dead_letters.num_rows == len(records)
@@ -254,17 +344,25 @@ def test_bulk_decimal_decoding_matches_python(unscaled):
 
 
 @PROPERTY_SETTINGS
-@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES),
-       st.integers(0, 9))
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES),
+    st.integers(0, 9),
+)
 def test_zoned_timestamps_with_any_number_of_fraction_digits(moment, digits):
     from cardo_pipeline.cdc.decode_connect import parse_zoned_timestamp
 
-    moment = moment.replace(microsecond=moment.microsecond // 10 ** max(0, 6 - digits) * 10 ** max(0, 6 - digits))
+    moment = moment.replace(
+        microsecond=moment.microsecond // 10 ** max(0, 6 - digits) * 10 ** max(0, 6 - digits)
+    )
     text = moment.replace(tzinfo=None, microsecond=0).isoformat()
     if digits:
         text += "." + f"{moment.microsecond:06d}{'000'}"[:digits]
     offset = moment.utcoffset()
     minutes = int(offset.total_seconds() // 60)
-    text += "Z" if not minutes else f"{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    text += (
+        "Z"
+        if not minutes
+        else f"{'+' if minutes > 0 else '-'}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    )
     expected = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     assert parse_zoned_timestamp(text) == expected

@@ -1,12 +1,12 @@
 """Real Debezium 3.7 messages through the decoder: one captured session of the local stack, replayed.
 
-The capture (`cardo stack up` on private ports, then psycopg): inserts into all four tables with non-ASCII text,
-NULLs, a date in 1900 and one in 2999, a pre-epoch timestamptz with microseconds and one with a +02:00 offset, a
-loan with ~6 kB of notes and an update leaving them TOASTed, a payment updated then deleted, a primary-key
-change, a TRUNCATE, ALTER TABLEs (a column added, two widened, two narrowed), then a fresh initial snapshot (the
-connector's offsets reset) for `r` events. Values are stored as Debezium wrote them, deduplicated: each message
-is `{"schema":S,"payload":P}` with S rebuilt from the table's column schemas and the envelope's constant part;
-the rebuild was checked byte for byte against the capture.
+The capture (`cardo stack up` on private ports, then psycopg): inserts into all four tables with non-ASCII
+text, NULLs, a date in 1900 and one in 2999, a pre-epoch timestamptz with microseconds and one with a +02:00
+offset, a loan with ~6 kB of notes and an update leaving them TOASTed, a payment updated then deleted, a
+primary-key change, a TRUNCATE, ALTER TABLEs (a column added, two widened, two narrowed), then a fresh initial
+snapshot (the connector's offsets reset) for `r` events. Values are stored as Debezium wrote them,
+deduplicated: each message is `{"schema":S,"payload":P}` with S rebuilt from the table's column schemas and
+the envelope's constant part; the rebuild was checked byte for byte against the capture.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ COLUMNS = {
     # ALTER TABLE loans ADD COLUMN risk_grade text
     "LOANS_RISK_GRADE": _LOANS_COLUMNS[:-1] + ',{"type":"string","optional":true,"field":"risk_grade"}]',
     "BORROWERS_V1": _BORROWERS_COLUMNS,
-    # ALTER TABLE borrowers ALTER COLUMN annual_income TYPE numeric(20,4): more integer digits than the registry
+    # ALTER TABLE borrowers ALTER COLUMN annual_income TYPE numeric(20,4): more integer digits than registered
     "BORROWERS_WIDE_INCOME": _replace_field(
         _BORROWERS_COLUMNS, _DECIMAL_14_2 + ',"field":"annual_income"',
         '"parameters":{"scale":"4","connect.decimal.precision":"20"},"field":"annual_income"'),
@@ -513,7 +513,7 @@ def test_known_evolved_columns_are_kept_on_batches_without_them():
 
 
 def test_a_later_registry_change_lets_the_widened_loans_land():
-    # Once the registry says bigint, the messages after ALTER ... TYPE bigint land, and older int32 ones widen.
+    # Once the registry says bigint, the messages after ALTER ... TYPE bigint land; older int32 ones widen.
     from dataclasses import replace
 
     from cardo_pipeline.tables import Column

@@ -55,7 +55,9 @@ def arrow_type_for_column(column: Column) -> pa.DataType:
     raise ValueError(f"column {column.name}: no Arrow type for Postgres type {column.pg_type!r} yet")
 
 
-def row_struct_type(table: SourceTable, new_columns: Mapping[str, pa.DataType] | None = None) -> pa.StructType:
+def row_struct_type(
+    table: SourceTable, new_columns: Mapping[str, pa.DataType] | None = None
+) -> pa.StructType:
     """The type of the before/after images: registry columns in table order, then evolved columns.
 
     Every member is nullable, NOT NULL ones included: images of tombstones and truncates are null as a whole,
@@ -83,7 +85,7 @@ def raw_arrow_schema(table: SourceTable, new_columns: Mapping[str, pa.DataType] 
         pa.field("source_tx_id", pa.int64()),
         pa.field("source_ts", UTC_MICROS),  # commit time in Postgres
         pa.field("source_table", pa.string()),
-        pa.field("snapshot", pa.string()),  # Debezium's source.snapshot: false, true, first, last, incremental...
+        pa.field("snapshot", pa.string()),  # source.snapshot: false, true, first, last, incremental...
         pa.field("topic", pa.string()),
         pa.field("partition", pa.int32()),
         pa.field("offset", pa.int64()),

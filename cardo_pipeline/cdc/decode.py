@@ -16,7 +16,7 @@ How (all messages of a topic share a schema, so the work is per schema, then per
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,10 +57,10 @@ __all__ = [
 ]
 
 TOMBSTONE_OP = "tombstone"
-# Payload bytes per pyarrow.json call and decoded piece: large enough to amortise a call (a few ms each), small
-# enough that parsing starts early and a batch spreads over the workers.
+# Payload bytes per pyarrow.json call and decoded piece: large enough to amortise the fixed cost of a call
+# (2-3 ms each for parsing and for decoding), small enough that parsing starts early and uses every worker.
 CHUNK_BYTES = 16 << 20
-MIN_CHUNK_BYTES = 1 << 20
+MIN_CHUNK_BYTES = 4 << 20
 
 
 class KafkaRecord(NamedTuple):
@@ -139,7 +139,7 @@ def _apply_op_rules(op: pa.Array, images: Mapping[str, pa.Array], tombstone: np.
     return _OpMasks(pa.array(images_kept), toast_image)
 
 
-# --- one parsed piece -> raw columns ---------------------------------------------------------------------------
+# --- one parsed piece -> raw columns ------------------------------------------------------------------------
 
 class _Piece(NamedTuple):
     plan: SchemaPlan
@@ -153,9 +153,10 @@ class _DecodedPiece(NamedTuple):
     reasons: dict[int, str]  # row -> dead-letter reason
 
 
-def _decode_image(image: str, parsed_image: pa.StructArray, plan: SchemaPlan, targets: Mapping[str, pa.DataType],
-                  masks: _OpMasks, toast_hits: dict[str, np.ndarray], reasons: dict[int, str]) -> pa.Array:
-    """One image's struct column in the raw types; placeholders become nulls and are recorded in toast_hits."""
+def _decode_image(image: str, parsed_image: pa.StructArray, plan: SchemaPlan,
+                  targets: Mapping[str, pa.DataType], masks: _OpMasks, toast_hits: dict[str, np.ndarray],
+                  reasons: dict[int, str]) -> pa.Array:
+    """One image as a struct column of the raw types; placeholders become nulls, recorded in toast_hits."""
     n = len(parsed_image)
     image_type = pa.struct([pa.field(name, data_type) for name, data_type in targets.items()])
     is_null = pc.invert(pc.and_(parsed_image.is_valid(), masks.images_kept))
@@ -207,7 +208,7 @@ def _decode_piece(piece: _Piece, table: SourceTable, targets: Mapping[str, pa.Da
         else:
             columns[image] = pa.nulls(n, pa.struct([pa.field(k, t) for k, t in targets.items()]))
     columns["op"] = op
-    columns["unchanged_toast"] = _toast_lists(toast_hits, n)
+    columns["unchanged_toast"] = _toast_lists({k: toast_hits[k] for k in targets if k in toast_hits}, n)
     columns["source_lsn"] = source.field("lsn")
     columns["source_tx_id"] = source.field("txId")
     columns["source_ts"] = _source_ts(source.field("ts_us"), source.field("ts_ms"), reasons)
@@ -240,12 +241,12 @@ def _toast_lists(hits_by_column: Mapping[str, np.ndarray], n: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(names, pa.string()).take(column_of_hit))
 
 
-# --- the batch ------------------------------------------------------------------------------------------------
+# --- the batch ----------------------------------------------------------------------------------------------
 
 class _ValueParser:
-    """Parses each group chunk by chunk on the workers while the splitter is still going, then deals with the
-    records that failed: normalised through json.loads and parsed in a second pass (an unusual but valid layout
-    still decodes), or dead-lettered. Tombstones of groups that cannot be parsed become `loose`."""
+    """Parses each group chunk by chunk on the workers while the splitter is still going, then deals with
+    the records that failed: normalised through json.loads and parsed in a second pass (an unusual but valid
+    layout still decodes), or dead-lettered. Tombstones of groups that cannot be parsed become `loose`."""
 
     def __init__(self, values: Sequence[bytes | None], table: SourceTable, dead: dict[int, str]):
         self.values, self.table, self.dead = values, table, dead
@@ -268,7 +269,8 @@ class _ValueParser:
             future = submit(parse_lines, group.lines[start:end], plan.parse_schema, start)
             self.started.append((group, plan, future))
 
-    def finish(self, groups: list[Group], tombstone: np.ndarray) -> list[_Piece]:
+    def first_pass(self, groups: list[Group], tombstone: np.ndarray) -> Iterator[_Piece]:
+        """The parsed pieces of the split groups, each as soon as it is parsed, in batch order per group."""
         for group in groups:
             plan = self.plan(group)
             if plan is None:
@@ -276,17 +278,18 @@ class _ValueParser:
                     self._normalise(i, tombstone)
             elif isinstance(plan, str):
                 self._dead_letter(group, plan, tombstone)
-        pieces: list[_Piece] = []
-        self._collect(self.started, tombstone, pieces)
-        second = []
+        yield from self._collect(self.started, tombstone)
+
+    def second_pass(self, tombstone: np.ndarray) -> list[_Piece]:
+        """The pieces of the records that only decoded after normalisation (usually none)."""
+        started = []
         for group in self.normalised.values():
             plan = self.plan(group)
             if isinstance(plan, SchemaPlan):
-                second.append((group, plan, submit(parse_lines, group.lines, plan.parse_schema, 0)))
+                started.append((group, plan, submit(parse_lines, group.lines, plan.parse_schema, 0)))
             else:  # json.dumps output is always JSON, so this is a reason
                 self._dead_letter(group, plan or "not a Debezium envelope", tombstone)
-        self._collect(second, tombstone, pieces)
-        return pieces
+        return list(self._collect(started, tombstone))
 
     def _dead_letter(self, group: Group, reason: str, tombstone: np.ndarray) -> None:
         # A value that is not even JSON says so, rather than blaming the schema it shares: check in bulk.
@@ -295,7 +298,8 @@ class _ValueParser:
             if tombstone[i]:
                 self.loose.append(i)
             else:
-                self.dead[i] = (normalise_value(self.values[i]).reason if position in broken else None) or reason
+                precise = normalise_value(self.values[i]).reason if position in broken else None
+                self.dead[i] = precise or reason
 
     def _normalise(self, i: int, tombstone: np.ndarray) -> None:
         if tombstone[i]:
@@ -309,21 +313,21 @@ class _ValueParser:
             group.indices.append(i)
             group.lines.append(outcome.line)
 
-    def _collect(self, started: list[tuple[Group, SchemaPlan, Future[ParsedLines]]], tombstone: np.ndarray,
-                 pieces: list[_Piece]) -> None:
+    def _collect(self, started: list[tuple[Group, SchemaPlan, Future[ParsedLines]]],
+                 tombstone: np.ndarray) -> Iterator[_Piece]:
         indices_of: dict[int, np.ndarray] = {}
         for group, plan, future in started:
             parsed = future.result()
             for position, error in parsed.failures.items():
-                if group.normalised:
+                if group.normalised or position in parsed.json_but_wrong_types:
                     self.dead[group.indices[position]] = f"undecodable value: {error}"
-                else:
+                else:  # perhaps valid JSON in another layout
                     self._normalise(group.indices[position], tombstone)
             if id(group) not in indices_of:
                 indices_of[id(group)] = np.asarray(group.indices, np.int64)
             indices = indices_of[id(group)]
-            pieces.extend(_Piece(plan, batch, indices[positions])
-                          for batch, positions in zip(parsed.batches, parsed.positions, strict=True))
+            for batch, positions in zip(parsed.batches, parsed.positions, strict=True):
+                yield _Piece(plan, batch, indices[positions])
 
 
 def _target_types(table: SourceTable, plans: list[SchemaPlan], evolved_columns: Mapping[str, pa.DataType]
@@ -386,22 +390,25 @@ def decode_batch(
     topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
     dead: dict[int, str] = {}  # record position -> reason
     parser = _ValueParser(values, table, dead)
-    # About six chunks per worker for small batches (payloads are roughly a third of JsonConverter values).
-    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, sum(map(len, filter(None, values))) // (18 * WORKERS)))
-    split = split_values(values, dead, chunk_bytes, parser.on_chunk)  # parsing starts on the workers meanwhile
+    # Two chunks per worker for smaller batches (payloads are roughly a third of the values' bytes).
+    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, sum(map(len, filter(None, values))) // (6 * WORKERS)))
+    split = split_values(values, dead, chunk_bytes, parser.on_chunk)  # the workers start parsing meanwhile
     key_slices_dead: dict[int, str] = {}
     key_slices = slice_keys(keys, key_slices_dead)
     key_check = submit(check_key_slices, keys, key_slices)
     tombstone = np.zeros(n, bool)
     tombstone[split.tombstones] = True
-    pieces = parser.finish(split.groups, tombstone)
-    loose = parser.loose + split.loose_tombstones
+
+    pieces = [*parser.first_pass(split.groups, tombstone), *parser.second_pass(tombstone)]
     plans = list({id(piece.plan): piece.plan for piece in pieces}.values())
     targets, plan_errors = _target_types(table, plans, evolved_columns or {})
     new_columns = {name: t for name, t in targets.items() if name not in {c.name for c in table.columns}}
     schema = raw_arrow_schema(table, new_columns)
+    # Decoding waits for every parse: decoding early pieces during parsing measured no faster (GIL handovers).
+    decoding = [submit(_decode_piece, piece, table, targets, tombstone)
+                for piece in pieces if id(piece.plan) not in plan_errors]
 
-    decodable = []
+    loose = parser.loose + split.loose_tombstones
     for piece in pieces:
         if id(piece.plan) in plan_errors:
             for i in piece.indices.tolist():
@@ -409,10 +416,7 @@ def decode_batch(
                     loose.append(i)
                 else:
                     dead[i] = plan_errors[id(piece.plan)]
-        else:
-            decodable.append(piece)
-    decoded = [future.result() for future in
-               [submit(_decode_piece, piece, table, targets, tombstone) for piece in decodable]]
+    decoded = [future.result() for future in decoding]
     for piece in decoded:
         for row, reason in piece.reasons.items():
             dead.setdefault(int(piece.indices[row]), reason)
@@ -423,8 +427,8 @@ def decode_batch(
 
     rows = _assemble_rows(decoded, dead, schema, (topics, partitions, offsets, key_slices.texts, timestamps),
                           ingested_at)
-    return DecodedBatch(rows, _dead_letter_table(dead, topics, partitions, offsets, keys, values, ingested_at),
-                        new_columns)
+    dead_letters = _dead_letter_table(dead, topics, partitions, offsets, keys, values, ingested_at)
+    return DecodedBatch(rows, dead_letters, new_columns)
 
 
 def _assemble_rows(pieces: list[_DecodedPiece], dead: Mapping[int, str], schema: pa.Schema,
@@ -439,7 +443,9 @@ def _assemble_rows(pieces: list[_DecodedPiece], dead: Mapping[int, str], schema:
     indices = np.concatenate([piece.indices for piece in pieces])
     keep = ~np.isin(indices, np.fromiter(dead, np.int64, len(dead))) if dead else np.ones(len(indices), bool)
     in_order = bool(keep.all()) and bool((np.diff(indices) > 0).all())
-    order = None if in_order else pa.array(np.argsort(np.where(keep, indices, -1), kind="stable")[(~keep).sum():])
+    order = None
+    if not in_order:  # positions of the kept rows, sorted by record position
+        order = pa.array(np.argsort(np.where(keep, indices, -1), kind="stable")[(~keep).sum():])
     columns: dict[str, pa.ChunkedArray | pa.Array] = {}
     for name in _PAYLOAD_COLUMNS:
         chunked = pa.chunked_array([piece.columns[name] for piece in pieces], schema.field(name).type)

@@ -1,6 +1,6 @@
-"""Kafka Connect field schemas -> Arrow: one small decoder per Connect (logical) type, vectorised over a column.
+"""Kafka Connect field schemas -> Arrow: one small decoder per Connect (logical) type, vectorised per column.
 
-What belongs here: how a column value written by Debezium's JsonConverter (with schemas) becomes an Arrow value,
+What belongs here: how a column value written by Debezium's JsonConverter (with schemas) becomes Arrow,
 decided by the field's schema in the message: which JSON type `pyarrow.json` should read it as, which Arrow
 type it means by itself, which column types it may land in without loss, and the column-at-a-time conversion.
 Converters raise (ValueError / ArrowInvalid) on the first bad value; `decode` pinpoints the bad rows.
@@ -23,10 +23,10 @@ import pyarrow as pa
 from cardo_pipeline.cdc.arrow_types import MAX_DECIMAL128_PRECISION, UTC_MICROS, is_lossless_widening
 
 UNAVAILABLE_VALUE = "__debezium_unavailable_value"
-# In a bytes-typed field (bytea, Decimal) Debezium puts the placeholder's UTF-8 bytes, so JSON shows their base64.
+# In a bytes field (bytea, Decimal) Debezium puts the placeholder's UTF-8 bytes, so JSON shows their base64.
 UNAVAILABLE_VALUE_BASE64 = base64.b64encode(UNAVAILABLE_VALUE.encode()).decode()
 
-Converter = Callable[[pa.Array, pa.DataType], pa.Array]  # (parsed column, target type) -> column of target type
+Converter = Callable[[pa.Array, pa.DataType], pa.Array]  # (parsed column, target type) -> converted column
 
 
 class UnsupportedConnectType(ValueError):
@@ -45,13 +45,13 @@ class FieldDecoder:
     value_checked: Callable[[pa.DataType], bool] | None = None  # extra targets allowed when each value fits
 
     def accepts(self, target: pa.DataType) -> bool:
-        """May this field land in a column of `target`? Lossless widening, or a per-value-checked narrowing."""
+        """May this field land in a `target` column? Lossless widening, or a narrowing checked per value."""
         if is_lossless_widening(self.natural_type, target):
             return True
         return self.value_checked is not None and self.value_checked(target)
 
 
-# --- converters: one per kind of Connect value ---------------------------------------------------------------
+# --- converters: one per kind of Connect value --------------------------------------------------------------
 
 def _cast(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     return parsed if parsed.type == target else parsed.cast(target)  # safe cast: overflow, truncation raise
@@ -190,7 +190,8 @@ def unscaled_decimal128(encoded: pa.Array) -> pa.Array:
             little_endian[target_rows, count:] = np.where(negative[subset], 0xFF, 0)[:, None]
             if count == 16:  # only 16-byte values can exceed 38 digits
                 for row in target_rows.tolist():
-                    if abs(int.from_bytes(little_endian[row].tobytes(), "little", signed=True)) >= _DECIMAL128_LIMIT:
+                    value = int.from_bytes(little_endian[row].tobytes(), "little", signed=True)
+                    if abs(value) >= _DECIMAL128_LIMIT:
                         raise ValueError("decimal has more than 38 digits")
     validity = encoded.is_valid().buffers()[1] if encoded.null_count else None
     return pa.Array.from_buffers(_UNSCALED, n, [validity, pa.py_buffer(little_endian)], encoded.null_count)
@@ -198,7 +199,8 @@ def unscaled_decimal128(encoded: pa.Array) -> pa.Array:
 
 def _decimal(scale: int, precision: int | None) -> Converter:
     scaled_type = pa.decimal128(MAX_DECIMAL128_PRECISION, scale)
-    declared = pa.decimal128(precision, scale) if precision and precision <= MAX_DECIMAL128_PRECISION else None
+    fits_decimal128 = precision is not None and 0 < precision <= MAX_DECIMAL128_PRECISION
+    declared = pa.decimal128(precision, scale) if fits_decimal128 else None
 
     def convert(parsed: pa.Array, target: pa.DataType) -> pa.Array:
         unscaled = unscaled_decimal128(parsed)
@@ -229,7 +231,7 @@ def _bytes(parsed: pa.Array, target: pa.DataType) -> pa.Array:
 
 
 def _variable_scale_decimal(parsed: pa.Array, target: pa.DataType) -> pa.Array:
-    """io.debezium.data.VariableScaleDecimal {scale, value}: rare (numeric without precision), so per value."""
+    """io.debezium.data.VariableScaleDecimal {scale, value}: rare (numeric without a precision): per value."""
     out: list[Any] = []
     for item in parsed.to_pylist():
         if item is None:
@@ -249,7 +251,7 @@ def _variable_scale_decimal(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     return pa.array(out, target)
 
 
-# --- the table of Connect types ------------------------------------------------------------------------------
+# --- the table of Connect types -----------------------------------------------------------------------------
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -266,19 +268,23 @@ def _decimal_target(target: pa.DataType) -> bool:
     return pa.types.is_decimal(target)
 
 
-def _logical_decoder(name: str, base: str, parameters: Mapping[str, str], describe: str) -> FieldDecoder | None:
+def _logical_decoder(
+    name: str, base: str, parameters: Mapping[str, str], describe: str
+) -> FieldDecoder | None:
     """The decoders of Connect's and Debezium's logical types (None: not one we know, decode by base type)."""
     if name == "org.apache.kafka.connect.data.Decimal" and base == "bytes":
         scale = int(parameters.get("scale", 0))
         precision_text = parameters.get("connect.decimal.precision")
-        precision = int(precision_text) if precision_text else None
+        precision = int(precision_text) if precision_text is not None else None
+        if not 0 <= scale <= MAX_DECIMAL128_PRECISION or not (precision is None or scale <= precision):
+            raise ValueError(f"scale {scale} with precision {precision}")
         natural = pa.decimal128(min(precision or MAX_DECIMAL128_PRECISION, MAX_DECIMAL128_PRECISION), scale)
 
         def declared_scale_fits(target: pa.DataType) -> bool:  # no declared precision: check every value
             return precision is None and pa.types.is_decimal(target) and target.scale >= scale
 
-        return FieldDecoder(describe, pa.string(), natural, _decimal(scale, precision), UNAVAILABLE_VALUE_BASE64,
-                            declared_scale_fits)
+        return FieldDecoder(describe, pa.string(), natural, _decimal(scale, precision),
+                            UNAVAILABLE_VALUE_BASE64, declared_scale_fits)
     if name == "io.debezium.data.VariableScaleDecimal" and base == "struct":
         parse = pa.struct([("scale", pa.int32()), ("value", pa.string())])
         return FieldDecoder(describe, parse, pa.string(), _variable_scale_decimal, None, _decimal_target)
@@ -313,7 +319,11 @@ def field_decoder(field_schema: Mapping[str, Any]) -> FieldDecoder:
     if not isinstance(base, str) or not isinstance(parameters, Mapping):
         raise UnsupportedConnectType(f"a malformed field schema {field_schema!r}"[:200])
     describe = base if not name else f"{name} ({base}{_describe_parameters(parameters)})"
-    if isinstance(name, str) and (logical := _logical_decoder(name, base, parameters, describe)):
+    try:
+        logical = _logical_decoder(name, base, parameters, describe) if isinstance(name, str) else None
+    except (ValueError, TypeError, ArithmeticError, pa.ArrowException):
+        raise UnsupportedConnectType(f"{describe} with parameters out of range") from None
+    if logical is not None:
         return logical
     if base in _PRIMITIVES:
         marker = UNAVAILABLE_VALUE if base == "string" else None  # io.debezium.data.Json, Enum, Uuid... too

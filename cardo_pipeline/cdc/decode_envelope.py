@@ -1,9 +1,10 @@
 """Debezium envelopes before any payload is parsed: schema plans, and values and keys split by position.
 
-What belongs here: steps 1 and 2 of `cardo_pipeline.cdc.decode`. JsonConverter writes `{"schema":S,"payload":P}`
-with S first, so a value that starts with the previous value's `{"schema":S,"payload":` head has the same schema
-and its payload is the rest: grouping costs a memcmp, not a parse. Each distinct schema text is turned once per
-process into a `SchemaPlan` (column decoders, the explicit schema for pyarrow.json, registry type checks).
+What belongs here: steps 1 and 2 of `cardo_pipeline.cdc.decode`. JsonConverter writes
+`{"schema":S,"payload":P}` with S first, so a value that starts with the previous value's
+`{"schema":S,"payload":` head has the same schema and its payload is the rest: grouping costs a memcmp, not a
+parse. Each distinct schema text becomes, once per process, a `SchemaPlan` (column decoders, the explicit
+schema for pyarrow.json, registry type checks).
 Values with any other layout are normalised through `json.loads` (slow, rare) and then decode the same way.
 """
 
@@ -35,7 +36,7 @@ SOURCE_PARSE_TYPE = pa.struct([
 ])
 
 
-# --- schema plans ---------------------------------------------------------------------------------------------
+# --- schema plans -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SchemaPlan:
@@ -58,6 +59,8 @@ def _struct_fields(schema: Any, what: str) -> list[Mapping[str, Any]]:
         raise ValueError(f"not a Debezium envelope: {what} has no field list")
     if not all(isinstance(f, Mapping) and isinstance(f.get("field"), str) for f in fields):
         raise ValueError(f"not a Debezium envelope: {what} has a field without a name")
+    if len({f["field"] for f in fields}) != len(fields):
+        raise ValueError(f"not a Debezium envelope: {what} names a field twice")
     return fields
 
 
@@ -81,7 +84,8 @@ def schema_plan(schema_text: bytes, table: SourceTable) -> SchemaPlan | str:
         images = {image: _struct_fields(envelope[image], image) for image in IMAGES if image in envelope}
     except ValueError as error:
         return str(error)
-    missing = [name for name in ("op", "source") if name not in envelope] + ([] if images else ["before/after"])
+    missing = [name for name in ("op", "source") if name not in envelope]
+    missing += [] if images else ["before/after"]
     if missing:
         return f"not a Debezium envelope: the value schema has no {' and no '.join(missing)} field"
 
@@ -97,8 +101,8 @@ def schema_plan(schema_text: bytes, table: SourceTable) -> SchemaPlan | str:
                 name = f["field"]
                 raw = (f"the raw table's {arrow_type_for_column(table.column(name))}" if name in registry
                        else "any raw column")
-                return (f"incompatible type change: {table.name}.{name} is {error} in the message, a Connect type "
-                        f"without a decoder into {raw}")
+                return (f"incompatible type change: {table.name}.{name} is {error} in the message, a Connect "
+                        f"type without a decoder into {raw}")
         columns[image] = decoders
         parse_fields.append(pa.field(image, pa.struct([(n, d.parse_type) for n, d in decoders.items()])))
     parse_fields += [pa.field("source", SOURCE_PARSE_TYPE), pa.field("op", pa.string())]
@@ -113,7 +117,7 @@ def schema_plan(schema_text: bytes, table: SourceTable) -> SchemaPlan | str:
     return SchemaPlan(pa.schema(parse_fields), columns, registry_error)
 
 
-# --- values -----------------------------------------------------------------------------------------------------
+# --- values -------------------------------------------------------------------------------------------------
 
 @dataclass
 class Group:
@@ -207,8 +211,8 @@ def split_values(values: Sequence[bytes | None], dead: dict[int, str], chunk_byt
             else:
                 indices.append(i)
                 lines.append(TOMBSTONE_LINE)
-        # The hot path: the previous value's schema text, so the payload is the rest. (value[-1] is safe: value
-        # starts with a non-empty head; value[size] is reached only when the value is longer than the head.)
+        # The hot path: the previous value's schema text, so the payload is the rest. (value[-1] is safe: the
+        # value starts with a non-empty head; value[size] is reached only when the value is longer than it.)
         elif value.startswith(head) and value[-1] == 0x7D and value[size] == 0x7B:
             line = value[size:-1]
             indices.append(i)
@@ -244,7 +248,7 @@ def split_values(values: Sequence[bytes | None], dead: dict[int, str], chunk_byt
     return SplitValues(list(groups.values()), tombstones, pending)
 
 
-# --- keys -------------------------------------------------------------------------------------------------------
+# --- keys ---------------------------------------------------------------------------------------------------
 
 ANY_OBJECT = pa.schema([("_", pa.null())])  # to check texts are JSON objects, reading nothing from them
 
