@@ -102,6 +102,10 @@ def _bench(args: argparse.Namespace) -> int:
 
         log = (lambda _: None) if args.json else print
         result = bench_ingest(args.events, seed=args.seed, log=log, **({"batch": args.batch} if args.batch else {}))
+    else:
+        from cardo_pipeline.bench.decode import bench_decode
+
+        result = bench_decode(args.events)
     print(json.dumps(result))
     return 0
 
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
-    bench.add_argument("workload", choices=["ingest"])
+    bench.add_argument("workload", choices=["ingest", "decode"])
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--batch", type=int, help="messages per raw commit (default 20,000)")

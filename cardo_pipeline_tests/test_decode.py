@@ -291,6 +291,12 @@ TYPE_CASES = [
         Decimal("-9999999999999999999999999999.9999999999"),
     ),
     (
+        "numeric(38,4)",
+        field("v", "struct", "io.debezium.data.VariableScaleDecimal"),
+        {"scale": 4, "value": b64_unscaled(10**37 + 1)},
+        Decimal("1000000000000000000000000000000000.0001"),
+    ),
+    (
         "numeric(10,2)",
         field("v", "struct", "io.debezium.data.VariableScaleDecimal"),
         {"scale": 3, "value": b64_unscaled(-12340)},
@@ -1009,3 +1015,31 @@ def test_timezones_other_than_utc_for_ingested_at():
         records(GOOD), THING, ingested_at=datetime(2026, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))
     ).rows.to_pylist()[0]
     assert row["ingested_at"] == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _mixed_batch() -> list[bytes | None]:
+    values: list[bytes | None] = [
+        envelope(
+            TOASTY_FIELDS, op="u", after={"id": i, "notes": UNAVAILABLE_VALUE, "memo": "m", "amount": "AQ=="}
+        )
+        for i in range(300)
+    ]
+    values[10] = b"garbage"
+    values[20] = None
+    values[30] = envelope(TOASTY_FIELDS, op="x", after={"id": 1})
+    return values
+
+
+def test_one_worker_and_concurrent_callers_decode_alike(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cardo_pipeline.cdc.decode_bulk as bulk
+
+    expected = decode(_mixed_batch(), TOASTY)
+    with ThreadPoolExecutor(4) as callers:
+        for batch in callers.map(lambda _: decode(_mixed_batch(), TOASTY), range(8)):
+            assert batch.rows.equals(expected.rows) and batch.dead_letters.equals(expected.dead_letters)
+    monkeypatch.setattr(bulk, "WORKERS", 1)
+    inline = decode(_mixed_batch(), TOASTY)
+    assert inline.rows.equals(expected.rows) and inline.dead_letters.equals(expected.dead_letters)
+    assert sorted(errors(expected)) == [110, 130]

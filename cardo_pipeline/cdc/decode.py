@@ -6,12 +6,15 @@ rows in the raw layout of `arrow_types.raw_arrow_schema`, and the others as dead
 len(rows) + len(dead_letters) == len(records), always, and decoding never raises on message content.
 
 How (all messages of a topic share a schema, so the work is per schema, then per column):
-1. `decode_envelope` splits each value into schema text and payload text by position, grouping by schema.
+1. `decode_envelope` splits each value into schema text and payload text by position (a memcmp against the
+   previous value's schema, no parsing), grouping by schema; tombstones ride along as empty payloads.
 2. Each distinct schema is planned once per process: column decoders, registry type checks.
-3. Each group's payloads are parsed by pyarrow.json in a few large calls on worker threads (`decode_bulk`);
-   failures are bisected to the bad records, which are normalised through json.loads or dead-lettered.
-4. Per parsed piece, here: op rules, source.table, TOAST markers and vectorised column conversions
+3. While the splitting goes on, worker threads parse each group's payloads with pyarrow.json, some MB a call
+   (`decode_bulk`). A failing call is bisected, or screened in Python when many lines are bad, down to the
+   bad records, which are normalised through json.loads and parsed again, or dead-lettered.
+4. Per parsed chunk, on the workers: op rules, source.table, TOAST markers and vectorised column conversions
    (`decode_connect`), again bisected on failure, so one bad message never costs its batch.
+5. With nothing dead-lettered, the chunks' columns become the rows as they are (no copy, in input order).
 """
 
 from __future__ import annotations

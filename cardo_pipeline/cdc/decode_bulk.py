@@ -2,8 +2,9 @@
 
 What belongs here: the machinery `cardo_pipeline.cdc.decode` uses to stay vectorised without letting one bad
 record fail its batch. A bulk call that fails is bisected until the failing single items are found, so k bad
-items among n cost about 2k·log2(n/k) extra, smaller, calls. Also the worker threads: pyarrow releases the GIL
-while it parses and computes, so the pieces of a batch run on all cores while Python splits the next ones.
+items among n cost about 2k·log2(n/k) extra, smaller, calls; when bad lines are many, JSON lines are screened
+one by one in Python instead. Also the worker threads: pyarrow releases the GIL while it parses and computes,
+so the pieces of a batch run on all cores while Python splits the next ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -25,6 +27,7 @@ from cardo_pipeline.cdc.decode_connect import FieldDecoder
 BULK_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError, ArithmeticError)
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 T = TypeVar("T")
 
 
@@ -43,8 +46,9 @@ def submit(function: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()
         future.set_result(function(*args))
         return future
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cdc-decode")
+    with _pool_lock:  # batches of several topics may be decoded from several threads at once
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="cdc-decode")
     return _pool.submit(function, *args)
 
 

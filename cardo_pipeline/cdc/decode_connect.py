@@ -14,7 +14,7 @@ import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 import numpy as np
@@ -230,6 +230,9 @@ def _bytes(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     return _cast(pa.array(values, pa.binary()), target)
 
 
+_EXACT = Context(prec=1000)  # the default context keeps 28 digits and would round silently
+
+
 def _variable_scale_decimal(parsed: pa.Array, target: pa.DataType) -> pa.Array:
     """io.debezium.data.VariableScaleDecimal {scale, value}: rare (numeric without a precision): per value."""
     out: list[Any] = []
@@ -240,9 +243,9 @@ def _variable_scale_decimal(parsed: pa.Array, target: pa.DataType) -> pa.Array:
         if item["scale"] is None or item["value"] is None:
             raise ValueError(f"VariableScaleDecimal without scale or value: {item!r}")
         unscaled = int.from_bytes(_base64_bytes(item["value"]), "big", signed=True)
-        value = Decimal(unscaled).scaleb(-item["scale"])
+        value = Decimal(unscaled).scaleb(-item["scale"], context=_EXACT)
         if pa.types.is_decimal(target):
-            quantized = value.quantize(Decimal(1).scaleb(-target.scale))
+            quantized = value.quantize(Decimal(1).scaleb(-target.scale), context=_EXACT)
             if quantized != value or len(quantized.as_tuple().digits) > target.precision:
                 raise ValueError(f"{value} does not fit decimal({target.precision},{target.scale})")
             out.append(quantized)
