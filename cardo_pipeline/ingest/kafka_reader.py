@@ -36,7 +36,7 @@ def consumer_config(bootstrap: str) -> dict:
         "auto.offset.reset": "error",  # an offset that is gone must fail loudly, never skip silently
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "queued.max.messages.kbytes": 128 * 1024,
+        "queued.max.messages.kbytes": 32 * 1024,  # per partition: bounds the prefetch memory
         "fetch.wait.max.ms": 50,
         "socket.timeout.ms": 10_000,
     }
