@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cardo_pipeline.tables import SOURCE_TABLES
+from cardo_pipeline.definitions import defs
 
 pytestmark = pytest.mark.browser
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -96,14 +96,24 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_asset_graph_page_lists_the_projects_assets(dagster_dev: str, tmp_path: Path) -> None:
-    page = f"{dagster_dev}/asset-groups"
-    dom = _chromium(tmp_path, "--dump-dom", page).stdout
-    assert "Global asset lineage" in dom
-    for table in SOURCE_TABLES:
-        assert f">{table.name}<" in dom, f"asset {table.name} is not on the asset graph page"
+def test_asset_graph_pages_list_the_projects_assets(dagster_dev: str, tmp_path: Path) -> None:
+    graph = defs().resolve_asset_graph()
+    groups: dict[str, set[str]] = {}
+    for key in graph.get_all_asset_keys():
+        groups.setdefault(graph.get(key).group_name, set()).add(key.path[-1])
 
-    screenshot = tmp_path / "asset-graph.png"
-    _chromium(tmp_path, f"--screenshot={screenshot}", page)
+    lineage = _chromium(tmp_path, "--dump-dom", f"{dagster_dev}/asset-groups").stdout
+    assert "Global asset lineage" in lineage
+    for group in groups:
+        assert f">{group}<" in lineage, f"group {group} is not on the global lineage page"
+
+    for group, names in sorted(groups.items()):
+        page = f"{dagster_dev}/locations/cardo_pipeline/asset-groups/{group}"
+        dom = _chromium(tmp_path, "--dump-dom", page).stdout
+        missing = sorted(n for n in names if f">{n}<" not in dom)
+        assert not missing, f"assets {missing} of group {group} are not on its asset graph page"
+
+    screenshot = tmp_path / "raw-asset-graph.png"
+    _chromium(tmp_path, f"--screenshot={screenshot}", f"{dagster_dev}/locations/cardo_pipeline/asset-groups/raw")
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
