@@ -22,9 +22,6 @@ class ReadTarget:
     start: dict[int, int]
     end: dict[int, int]
 
-    def pending(self) -> int:
-        return sum(max(0, e - self.start.get(p, 0)) for p, e in self.end.items())
-
 
 def consumer_config(bootstrap: str) -> dict:
     return {
@@ -72,8 +69,8 @@ def read_batches(
                         if error.code() == KafkaError._PARTITION_EOF:
                             continue
                         raise KafkaException(error)
-                    ts_type, ts = m.timestamp()
-                    batch.append(KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts))
+                    timestamp = m.timestamp()[1]
+                    batch.append(KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), timestamp))
                     position[m.partition()] = m.offset() + 1
             if batch:
                 yield batch
