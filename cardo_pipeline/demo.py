@@ -146,11 +146,11 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
 
 def raw_figures(settings: CardoSettings) -> dict:
     """Rows, committed offsets and dead letters of the raw layer, and its reconciliation with Kafka."""
+    from cardo_pipeline.ingest.audit import dead_letters_by_topic
     from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-    from cardo_pipeline.ingest.replay import dead_letters_by_topic
 
     ends = topic_message_counts(settings)
-    dead = dead_letters_by_topic(settings.lake_dir)
+    dead = dead_letters_by_topic(str(settings.lake_dir / "raw" / "_dead_letter"))
     figures: dict = {"raw_rows": {}, "kafka_offsets_consumed": {}, "dead_lettered": sum(dead.values()),
                      "reconciliation": {}}
     for table in SOURCE_TABLES:

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from deltalake import DeltaTable
 
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
-from cardo_pipeline.ingest.audit import OffsetAudit, audit_offsets
+from cardo_pipeline.ingest.audit import OffsetAudit, audit_topic_offsets
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable, load_table
 from cardo_pipeline.ingest.raw_ingest import IngestReport, ingest_topic
 from cardo_pipeline.simulator import simulate
@@ -83,14 +83,9 @@ def read_table(uri: str) -> pa.Table:
 
 
 def audit_topic(lake: str, table: str, topic: str) -> tuple[OffsetAudit, int]:
-    raw = read_table(f"{lake}/raw/{table}").select(["partition", "offset"])
-    dead_table = load_table(f"{lake}/raw/_dead_letter")
-    if dead_table is not None:
-        dead = dead_table.to_pyarrow_table().filter(pa.compute.equal(pa.compute.field("topic"), topic))
-        raw = pa.concat_tables([raw, dead.select(["partition", "offset"]).cast(raw.schema)])
-    partitions = sorted(set(raw["partition"].to_pylist()))
-    committed = OffsetTrackedTable(f"{lake}/raw/{table}").next_offsets(topic, partitions)
-    return audit_offsets(raw, committed), raw.num_rows
+    result = audit_topic_offsets(f"{lake}/raw/{table}", f"{lake}/raw/_dead_letter", topic)
+    assert result is not None, f"no raw table for {table}"
+    return result.audit, result.held
 
 
 def delta_version(uri: str) -> int:

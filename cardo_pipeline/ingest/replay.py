@@ -93,13 +93,3 @@ def replay_file(path: Path, lake_dir: Path, batch_lines: int = 50_000) -> Replay
         dead_letter.append(dead, topic, {0: report.lines}, {"cardo.source_file": str(path)})
     return report
 
-
-def dead_letters_by_topic(lake_dir: Path) -> dict[str, int]:
-    """Dead-lettered message count per topic (or replayed file)."""
-    from cardo_pipeline.ingest.delta_log import load_table
-
-    table = load_table(str(lake_dir / "raw" / "_dead_letter"))
-    if table is None:
-        return {}
-    topics = table.to_pyarrow_dataset().to_table(columns=["topic"])["topic"].value_counts().to_pylist()
-    return {t["values"]: t["counts"] for t in topics}
