@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native-installed
+# Cargo's build cache outlives clones and `make clean`, like the JVM jar cache
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/cardo/native-target
 export CARDO_HOME ?= $(CURDIR)/.cardo
 export DAGSTER_HOME ?= $(CARDO_HOME)/dagster
 PYTEST_ARGS ?=
@@ -42,13 +45,19 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-## venv: the pinned Python environment (requirements.lock constrains every transitive dependency)
-venv: $(STAMP)
+## venv: the pinned Python environment (requirements.lock constrains every transitive dependency), plus the
+## decoder's Rust crate (native/), built with the Rust toolchain (cargo; https://rustup.rs)
+venv: $(STAMP) $(NATIVE_STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
+	@command -v cargo >/dev/null || { echo "Rust (cargo) is missing, needed to build the decoder crate in native/: install it with rustup (https://rustup.rs)"; exit 1; }
+	$(BIN)/pip install -q ./native
+	touch $(NATIVE_STAMP)
 
 stack-up: venv
 	$(BIN)/cardo stack up

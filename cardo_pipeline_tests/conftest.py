@@ -58,3 +58,19 @@ def servicing_dsn(stack: Stack) -> str:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(stack: Stack) -> str:
     return stack.settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="module", params=["native", "python"])
+def decoder_path(request):
+    """Run a decoder test module on both paths: the Rust crate's fast path and the pure Python one."""
+    from cardo_pipeline.cdc import native
+
+    if request.param == "native":
+        assert native.enabled(), "the cardo_native crate is not built: run `make venv`"
+    saved = os.environ.get("CARDO_NATIVE_DECODER")
+    os.environ["CARDO_NATIVE_DECODER"] = "1" if request.param == "native" else "0"
+    yield request.param
+    if saved is None:
+        os.environ.pop("CARDO_NATIVE_DECODER")
+    else:
+        os.environ["CARDO_NATIVE_DECODER"] = saved

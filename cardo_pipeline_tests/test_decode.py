@@ -34,6 +34,8 @@ from cardo_pipeline.cdc.decode_connect import (
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME, Column, SourceTable
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # every test on the native and the Python path
+
 INGESTED_AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 LOANS = TABLES_BY_NAME["loans"]
 TOPIC = "servicing.public.things"
@@ -45,6 +47,7 @@ TOPIC = "servicing.public.things"
 def field(
     name: str, connect_type: str, logical: str | None = None, optional: bool = True, **parameters: str
 ) -> dict[str, Any]:
+
     schema: dict[str, Any] = {"type": connect_type, "optional": optional}
     if logical:
         schema.update(name=logical, version=1)
@@ -927,6 +930,7 @@ def test_missing_kafka_timestamp_is_null():
 def test_large_batches_are_parsed_in_pieces_and_bad_records_found_in_each(monkeypatch):
     import cardo_pipeline.cdc.decode as decode_module
 
+    monkeypatch.setenv("CARDO_NATIVE_DECODER", "0")  # chunking by payload bytes is the Python path's
     monkeypatch.setattr(decode_module, "CHUNK_BYTES", 1 << 20)
     notes = "n" * 3000
     values = [envelope(THING_FIELDS, after={"id": i, "name": notes}) for i in range(2000)]  # ~6 MB of payload

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,9 @@ from cardo_pipeline.cdc.arrow_types import raw_arrow_schema
 from cardo_pipeline.cdc.decode import KafkaRecord, decode_batch
 from cardo_pipeline.cdc.encode import TOAST_OUT_OF_LINE_BYTES, EnvelopeEncoder
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME, Column, SourceTable
+
+pytestmark = pytest.mark.usefixtures("decoder_path")  # every test on the native and the Python path
+
 
 INGESTED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -22,6 +22,8 @@ from cardo_pipeline.cdc.arrow_types import raw_arrow_schema
 from cardo_pipeline.cdc.decode import KafkaRecord, decode_batch
 from cardo_pipeline.tables import TABLES_BY_NAME
 
+pytestmark = pytest.mark.usefixtures("decoder_path")  # every test on the native and the Python path
+
 LONG_NOTES = " ".join(f"call {i}: borrower promised payment by day {i % 28 + 1}, ref {i * 7919 % 100003}"
                       for i in range(80))
 PRIMARY_KEYS = {"loans": "loan_id", "borrowers": "borrower_id", "payments": "payment_id",
@@ -77,6 +79,7 @@ _BORROWERS_COLUMNS = (
     ':"string","optional":false,"name":"io.debezium.time.ZonedTimestamp","version":1,"field":"upd'
     'ated_at"}]'
 )
+
 _PAYMENTS_COLUMNS = (
     '[{"type":"int64","optional":false,"field":"payment_id"},{"type":"int64","optional":false,"fi'
     'eld":"loan_id"},{"type":"int32","optional":false,"name":"io.debezium.time.Date","version":1,'

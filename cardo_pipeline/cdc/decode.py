@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cardo_pipeline.cdc import native
 from cardo_pipeline.cdc.arrow_types import (
     DEAD_LETTER_SCHEMA,
     KAFKA_TIMESTAMP,
@@ -42,6 +43,8 @@ from cardo_pipeline.cdc.decode_connect import UNAVAILABLE_VALUE
 from cardo_pipeline.cdc.decode_envelope import (
     ANY_OBJECT,
     IMAGES,
+    PAYLOAD_KEY,
+    SCHEMA_START,
     Group,
     SchemaPlan,
     SchemaTextInvalid,
@@ -64,6 +67,7 @@ TOMBSTONE_OP = "tombstone"
 # (2-3 ms each for parsing and for decoding), small enough that parsing starts early and uses every worker.
 CHUNK_BYTES = 16 << 20
 MIN_CHUNK_BYTES = 4 << 20
+NATIVE_MIN_CHUNK = 2_000  # rows: below this, one parse call (the crate's fixed cost is small)
 
 
 class KafkaRecord(NamedTuple):
@@ -375,6 +379,82 @@ _PAYLOAD_COLUMNS = ("op", "before", "after", "unchanged_toast", "source_lsn", "s
                     "source_table", "snapshot")
 
 
+def _python_pieces(values: list[bytes | None], table: SourceTable, tombstone: np.ndarray, dead: dict[int, str]
+                   ) -> tuple[list[_Piece], list[int]]:
+    """The Python path: split by schema text, parse with pyarrow.json (see the module docstring). Returns the
+    parsed pieces and the tombstones that belong to no piece; reasons go to `dead`."""
+    parser = _ValueParser(values, table, dead)
+    # Two chunks per worker for smaller batches (payloads are roughly a third of the values' bytes).
+    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, sum(map(len, filter(None, values))) // (6 * WORKERS)))
+    split = split_values(values, dead, chunk_bytes, parser.on_chunk)  # the workers start parsing meanwhile
+    pieces = [*parser.first_pass(split.groups, tombstone), *parser.second_pass(tombstone)]
+    return pieces, parser.loose + split.loose_tombstones
+
+
+def _native_pieces(values: list[bytes | None], table: SourceTable, tombstone: np.ndarray, dead: dict[int, str]
+                   ) -> tuple[list[_Piece], list[int]]:
+    """The same as `_python_pieces`, with the crate splitting and parsing what it is sure of; the rest (other
+    layouts, bad JSON, schemas that are dead letters, types the crate leaves to pyarrow) takes the Python path."""
+    split = native.split_envelopes(values)
+    groups = split.groups.copy()
+    # A tombstone joins the group of the value before it (leading ones the first group), as in split_values,
+    # so a topic with one schema stays one piece in batch order.
+    grouped = np.flatnonzero(groups >= 0)
+    if len(grouped):
+        before = np.maximum.accumulate(np.where(groups >= 0, np.arange(len(groups)), -1))
+        joined = tombstone & (before >= 0)
+        groups[joined] = groups[before[joined]]
+        groups[tombstone & (before < 0)] = groups[grouped[0]]
+    pieces: list[_Piece] = []
+    leftover = [np.flatnonzero(groups < 0)]
+    parsing = []
+    for h, head in enumerate(split.heads):
+        rows = np.flatnonzero(groups == h)
+        try:
+            plan = schema_plan(head[len(SCHEMA_START): -len(PAYLOAD_KEY)], table)
+        except SchemaTextInvalid:
+            plan = None
+        if not isinstance(plan, SchemaPlan) or native.spec_for(plan.parse_schema) is None:
+            leftover.append(rows)
+            continue
+        for chunk in np.array_split(rows, WORKERS) if len(rows) >= 4 * NATIVE_MIN_CHUNK else [rows]:
+            parsing.append((plan, chunk, submit(native.parse_payloads, values, chunk, split.starts[chunk],
+                                                plan.parse_schema)))
+    for plan, chunk, future in parsing:
+        batch, rejected = future.result()
+        pieces.append(_Piece(plan, batch, np.delete(chunk, rejected)))
+        leftover.append(chunk[rejected])
+    rest = np.sort(np.concatenate(leftover))
+    if not len(rest):
+        return pieces, []
+    # The Python path on the rest, in its own positions, mapped back.
+    sub_dead: dict[int, str] = {}
+    sub_pieces, sub_loose = _python_pieces([values[i] for i in rest], table, tombstone[rest], sub_dead)
+    dead.update({int(rest[i]): reason for i, reason in sub_dead.items()})
+    pieces += [piece._replace(indices=rest[piece.indices]) for piece in sub_pieces]
+    return pieces, [int(rest[i]) for i in sub_loose]
+
+
+def _python_key_texts(keys: list[bytes | None]) -> tuple[list[bytes | None], dict[int, str]]:
+    """Each key's payload text (see `slice_keys`), and the reasons of keys that are not JSON."""
+    key_dead: dict[int, str] = {}
+    slices = slice_keys(keys, key_dead)
+    key_dead.update(check_key_slices(keys, slices))
+    return slices.texts, key_dead
+
+
+def _native_key_texts(keys: list[bytes | None]) -> tuple[pa.Array | list[bytes | None], dict[int, str]]:
+    texts, for_python = native.slice_keys(keys)
+    if not for_python:
+        return texts, {}
+    sub_texts, sub_dead = _python_key_texts([keys[i] for i in for_python])
+    patched = [None if text is None else text.encode() for text in texts.to_pylist()]
+    for position, i in enumerate(for_python):
+        patched[i] = sub_texts[position]
+    return patched, {for_python[i]: reason for i, reason in sub_dead.items()}
+
+
+
 def decode_batch(
     records: Sequence[KafkaRecord],
     table: SourceTable,
@@ -391,18 +471,16 @@ def decode_batch(
         raise ValueError("ingested_at must be timezone-aware")
     n = len(records)
     topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
+    values, keys = list(values), list(keys)
     dead: dict[int, str] = {}  # record position -> reason
-    parser = _ValueParser(values, table, dead)
-    # Two chunks per worker for smaller batches (payloads are roughly a third of the values' bytes).
-    chunk_bytes = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, sum(map(len, filter(None, values))) // (6 * WORKERS)))
-    split = split_values(values, dead, chunk_bytes, parser.on_chunk)  # the workers start parsing meanwhile
-    key_slices_dead: dict[int, str] = {}
-    key_slices = slice_keys(keys, key_slices_dead)
-    key_check = submit(check_key_slices, keys, key_slices)
-    tombstone = np.zeros(n, bool)
-    tombstone[split.tombstones] = True
-
-    pieces = [*parser.first_pass(split.groups, tombstone), *parser.second_pass(tombstone)]
+    tombstone = np.fromiter((value is None for value in values), bool, n)
+    if native.enabled():
+        pieces, loose = _native_pieces(values, table, tombstone, dead)
+        key_texts, key_dead = _native_key_texts(keys)
+    else:
+        key_check = submit(_python_key_texts, keys)  # on a worker while the values are split
+        pieces, loose = _python_pieces(values, table, tombstone, dead)
+        key_texts, key_dead = key_check.result()
     plans = list({id(piece.plan): piece.plan for piece in pieces}.values())
     targets, plan_errors = _target_types(table, plans, evolved_columns or {})
     new_columns = {name: t for name, t in targets.items() if name not in {c.name for c in table.columns}}
@@ -411,7 +489,6 @@ def decode_batch(
     decoding = [submit(_decode_piece, piece, table, targets, tombstone)
                 for piece in pieces if id(piece.plan) not in plan_errors]
 
-    loose = parser.loose + split.loose_tombstones
     for piece in pieces:
         if id(piece.plan) in plan_errors:
             for i in piece.indices.tolist():
@@ -425,10 +502,9 @@ def decode_batch(
             dead.setdefault(int(piece.indices[row]), reason)
     if loose:
         decoded.append(_tombstone_piece(loose, schema))
-    for i, reason in {**key_slices_dead, **key_check.result()}.items():
+    for i, reason in key_dead.items():
         dead.setdefault(i, reason)  # a value's reason says more than its key's
-
-    rows = _assemble_rows(decoded, dead, schema, (topics, partitions, offsets, key_slices.texts, timestamps),
+    rows = _assemble_rows(decoded, dead, schema, (topics, partitions, offsets, key_texts, timestamps),
                           ingested_at)
     dead_letters = _dead_letter_table(dead, topics, partitions, offsets, keys, values, ingested_at)
     return DecodedBatch(rows, dead_letters, new_columns)
@@ -458,7 +534,10 @@ def _assemble_rows(pieces: list[_DecodedPiece], dead: Mapping[int, str], schema:
     everything = len(kept) == len(topics)
     take = (lambda values: values) if everything else (lambda values: [values[i] for i in kept.tolist()])
     kafka_ms = np.asarray(take(timestamps), np.int64)
-    columns["key"] = pa.array(take(key_texts), pa.string())
+    if isinstance(key_texts, pa.Array):
+        columns["key"] = key_texts if everything else key_texts.take(pa.array(kept))
+    else:
+        columns["key"] = pa.array(take(key_texts), pa.string())
     columns["topic"] = pa.array(take(topics), pa.string())
     columns["partition"] = pa.array(take(partitions), pa.int32())
     columns["offset"] = pa.array(take(offsets), pa.int64())
