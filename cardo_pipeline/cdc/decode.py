@@ -58,7 +58,8 @@ from cardo_pipeline.cdc.decode_envelope import (
 from cardo_pipeline.tables import SourceTable
 
 __all__ = [
-    "OP_RULES", "TOMBSTONE_OP", "UNAVAILABLE_VALUE", "DecodedBatch", "KafkaRecord", "OpRule", "decode_batch",
+    "OP_RULES", "TOMBSTONE_OP", "UNAVAILABLE_VALUE", "DecodedBatch", "KafkaMessages", "KafkaRecord", "OpRule",
+    "decode_batch",
     "raw_arrow_schema",
 ]
 
@@ -79,6 +80,40 @@ class KafkaRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int  # the record's Kafka timestamp; negative when the broker has none
+
+
+class KafkaMessages(Sequence[KafkaRecord]):
+    """Consumed messages held as columns (the reader builds these: no tuple per message); a sequence of
+    KafkaRecord to everyone else."""
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.keys: list[bytes | None] = []
+        self.values: list[bytes | None] = []
+        self.timestamps_ms: list[int] = []
+
+    def extend(self, messages: Sequence[Any]) -> None:
+        """Append confluent-kafka messages (without errors), one list comprehension per column."""
+        self.topics += [m.topic() for m in messages]
+        self.partitions += [m.partition() for m in messages]
+        self.offsets += [m.offset() for m in messages]
+        self.keys += [m.key() for m in messages]
+        self.values += [m.value() for m in messages]
+        self.timestamps_ms += [m.timestamp()[1] for m in messages]
+
+    def columns(self) -> tuple[list, ...]:
+        return self.topics, self.partitions, self.offsets, self.keys, self.values, self.timestamps_ms
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return KafkaRecord(self.topics[i], self.partitions[i], self.offsets[i], self.keys[i], self.values[i],
+                           self.timestamps_ms[i])
 
 
 @dataclass(frozen=True)
@@ -470,8 +505,11 @@ def decode_batch(
     if ingested_at.tzinfo is None:
         raise ValueError("ingested_at must be timezone-aware")
     n = len(records)
-    topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
-    values, keys = list(values), list(keys)
+    if isinstance(records, KafkaMessages):
+        topics, partitions, offsets, keys, values, timestamps = records.columns()
+    else:
+        topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
+        values, keys = list(values), list(keys)
     dead: dict[int, str] = {}  # record position -> reason
     tombstone = np.fromiter((value is None for value in values), bool, n)
     if native.enabled():

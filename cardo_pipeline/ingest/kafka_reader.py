@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from cardo_pipeline.cdc.decode import KafkaRecord
+from cardo_pipeline.cdc.decode import KafkaMessages
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def consumer_config(bootstrap: str) -> dict:
 
 def read_batches(
     bootstrap: str, target: ReadTarget, max_messages: int, idle_timeout_s: float = 10.0
-) -> Iterator[list[KafkaRecord]]:
+) -> Iterator[KafkaMessages]:
     """Yield batches of at most `max_messages` records until every partition reaches its end offset."""
     todo = {p: e for p, e in target.end.items() if e > target.start.get(p, 0)}
     if not todo:
@@ -52,7 +52,7 @@ def read_batches(
         position = {p: target.start.get(p, 0) for p in todo}
         last_progress = time.monotonic()
         while any(position[p] < end for p, end in todo.items()):
-            batch: list[KafkaRecord] = []
+            batch = KafkaMessages()
             while len(batch) < max_messages and any(position[p] < end for p, end in todo.items()):
                 messages = consumer.consume(num_messages=min(10_000, max_messages - len(batch)), timeout=0.5)
                 if not messages:
@@ -63,16 +63,16 @@ def read_batches(
                         )
                     continue
                 last_progress = time.monotonic()
-                for m in messages:
-                    error = m.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise KafkaException(error)
-                    timestamp = m.timestamp()[1]
-                    batch.append(KafkaRecord(m.topic(), m.partition(), m.offset(), m.key(), m.value(), timestamp))
-                    position[m.partition()] = m.offset() + 1
-            if batch:
+                failed = [m for m in messages if m.error() is not None]
+                for m in failed:
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(m.error())
+                good = [m for m in messages if m.error() is None] if failed else messages
+                batch.extend(good)
+                # offsets grow within a partition, so the last one of each partition wins
+                added = len(good)
+                position.update(zip(batch.partitions[-added:], map((1).__add__, batch.offsets[-added:]), strict=True))
+            if len(batch):
                 yield batch
     finally:
         consumer.close()

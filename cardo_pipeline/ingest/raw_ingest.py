@@ -6,13 +6,16 @@ the batch's offsets in the same commit. Consumed = landed + dead-lettered is che
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from cardo_pipeline.cdc.decode import decode_batch
+from cardo_pipeline.cdc.decode import KafkaMessages, decode_batch
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.kafka_reader import ReadTarget, read_batches
 from cardo_pipeline.ingest.prefetch import prefetch
@@ -47,10 +50,10 @@ class IngestReport:
         return sum(max(0, e - self.committed_offsets.get(p, 0)) for p, e in latest_end.items())
 
 
-def _next_offsets(batch_rows: list, previous: dict[int, int]) -> dict[int, int]:
+def _next_offsets(batch: KafkaMessages, previous: dict[int, int]) -> dict[int, int]:
     offsets = dict(previous)
-    for record in batch_rows:
-        offsets[record.partition] = max(offsets.get(record.partition, 0), record.offset + 1)
+    # offsets grow within a partition, so the last one of each partition wins
+    offsets.update(zip(batch.partitions, map((1).__add__, batch.offsets), strict=True))
     return offsets
 
 
@@ -61,6 +64,20 @@ def _not_yet_dead_lettered(dead: pa.Table, already: dict[int, int]) -> pa.Table:
     partitions, offsets = dead["partition"].to_pylist(), dead["offset"].to_pylist()
     keep = [o >= already.get(p, 0) for p, o in zip(partitions, offsets, strict=True)]
     return dead.filter(pa.array(keep))
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while batches are ingested: a batch allocates tens of thousands of objects,
+    each allocation burst triggers collections that walk every live object (millions in a Dagster process),
+    and batches make no reference cycles, so reference counting frees them. Measured: a fifth of the CPU."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def evolved_columns(raw: OffsetTrackedTable, table: SourceTable) -> dict[str, pa.DataType]:
@@ -90,7 +107,18 @@ def ingest_topic(
     report = IngestReport(table.name, topic, dict(start), dict(start), target_end, raw_version=raw.version())
     evolved = evolved_columns(raw, table)
 
-    for batch in prefetch(read_batches(bootstrap, ReadTarget(topic, start, target_end), max_batch_messages)):
+    with collector_paused():
+        _ingest_batches(bootstrap, table, topic, raw, dead_letter, ReadTarget(topic, start, target_end),
+                        max_batch_messages, report, already_dead, evolved, log)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _ingest_batches(bootstrap: str, table: SourceTable, topic: str, raw: OffsetTrackedTable,
+                    dead_letter: OffsetTrackedTable, target: ReadTarget, max_batch_messages: int,
+                    report: IngestReport, already_dead: dict[int, int], evolved: dict[str, pa.DataType],
+                    log) -> None:
+    for batch in prefetch(read_batches(bootstrap, target, max_batch_messages)):
         decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC), evolved_columns=evolved)
         if decoded.rows.num_rows + decoded.dead_letters.num_rows != len(batch):
             raise LostEventsError(
@@ -115,5 +143,3 @@ def ingest_topic(
             f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
             f"raw version {report.raw_version}"
         )
-    report.seconds = time.monotonic() - started
-    return report
