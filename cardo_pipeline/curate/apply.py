@@ -1,0 +1,180 @@
+"""Apply-changes (ARCHITECTURE section 5), in memory: raw CDC rows -> a change log, current state, SCD2 history.
+
+What belongs here: the semantics, as pure functions over Arrow tables, with no storage and no Dagster. The
+storage layer (Delta, by bucket of touched keys) calls `fold_changes` with the log rows of the keys a batch
+touches and writes back what it returns.
+
+The log keeps one row per event that matters (upserts and deletes, deduplicated by sequence), with values
+resolved and the original unchanged-TOAST marks kept. Everything else follows from the log in sequence order,
+whatever the arrival order:
+- the current state of a key is its last event, if that is an upsert newer than the last truncate;
+- a version's valid_to is the sequence of the key's next event, or of the first truncate after it;
+- a column an update left TOAST-unchanged takes the value of the key's previous event when that is a live
+  version (no delete or truncate in between), else null; so a late event that lands before an update is seen
+  by the next resolution, which runs on every key a batch touches.
+A delete stays in the log as the key's tombstone, so a late, older insert cannot bring the row back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+import pyarrow as pa
+
+from cardo_pipeline.cdc.arrow_types import arrow_type_for_column
+from cardo_pipeline.tables import SourceTable
+
+LSN, OFFSET = "_cardo_lsn", "_cardo_offset"  # the sequence: source LSN, then the event's position (Kafka offset)
+OP = "_cardo_op"  # "upsert" or "delete"
+UNCHANGED_TOAST = "_cardo_unchanged_toast"  # the event's columns that were TOAST-unchanged (resolved from before)
+SOURCE_TS = "_cardo_source_ts"
+UPSERT_OPS = ("c", "u", "r")  # insert, update, snapshot read
+SEQUENCE = [LSN, OFFSET]
+
+
+def log_schema(table: SourceTable) -> pa.Schema:
+    return pa.schema(
+        [pa.field(c.name, arrow_type_for_column(c)) for c in table.columns]
+        + [pa.field(LSN, pa.int64(), False), pa.field(OFFSET, pa.int64(), False), pa.field(OP, pa.string(), False),
+           pa.field(UNCHANGED_TOAST, pa.list_(pa.string())), pa.field(SOURCE_TS, pa.timestamp("us", "UTC"))]
+    )
+
+
+def changes_from_raw(raw: pa.Table, table: SourceTable) -> tuple[pl.DataFrame, list[tuple[int, int]]]:
+    """The batch's upserts and deletes in the log's layout (values not yet resolved), and its truncates'
+    sequences. Kafka tombstones carry nothing beyond their delete and are dropped."""
+    frame = pl.from_arrow(raw.select(["op", "before", "after", "unchanged_toast", "source_lsn", "offset",
+                                      "source_ts"]))
+    assert isinstance(frame, pl.DataFrame)
+    truncates = [(lsn, offset) for lsn, offset in frame.filter(pl.col("op") == "t").select(
+        "source_lsn", "offset").iter_rows()]
+    events = frame.filter(pl.col("op").is_in([*UPSERT_OPS, "d"]))
+    is_delete = pl.col("op") == "d"
+    key_columns = set(table.primary_key)
+    columns = [
+        pl.when(is_delete).then(pl.col("before").struct.field(c.name) if c.name in key_columns else None)
+        .otherwise(pl.col("after").struct.field(c.name)).alias(c.name)
+        for c in table.columns
+    ]
+    changes = events.select(
+        *columns,
+        pl.col("source_lsn").alias(LSN), pl.col("offset").alias(OFFSET),
+        pl.when(is_delete).then(pl.lit("delete")).otherwise(pl.lit("upsert")).alias(OP),
+        pl.when(is_delete).then(None).otherwise(pl.col("unchanged_toast")).alias(UNCHANGED_TOAST),
+        pl.col("source_ts").alias(SOURCE_TS),
+    )
+    return _typed(changes, table), truncates
+
+
+def _typed(frame: pl.DataFrame, table: SourceTable) -> pl.DataFrame:
+    return pl.from_arrow(frame.to_arrow().cast(log_schema(table)))  # type: ignore[return-value]
+
+
+def _after_truncate(truncates: list[tuple[int, int]]) -> pl.Expr:
+    """The number of truncates at or before each row's sequence (rows in different counts are separated by one)."""
+    count = pl.lit(0, pl.UInt32)
+    for lsn, offset in truncates:
+        count = count + ((pl.col(LSN) > lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) >= offset))).cast(pl.UInt32)
+    return count
+
+
+def fold_changes(log: pl.DataFrame, changes: pl.DataFrame, table: SourceTable,
+                 truncates: list[tuple[int, int]]) -> pl.DataFrame:
+    """The log rows of the keys in `log` and `changes` after adding the changes: deduplicated by sequence,
+    sorted by key and sequence, TOAST-unchanged columns resolved."""
+    key = list(table.primary_key)
+    merged = (
+        pl.concat([log, changes], how="vertical")
+        .unique(subset=[*key, *SEQUENCE], keep="first", maintain_order=True)  # the log's row wins a duplicate
+        .sort([*key, *SEQUENCE])
+    )
+    if not table.toasted or merged.is_empty():
+        return merged
+    # A live stretch of a key: from an upsert after a delete or truncate up to the next one. Within a stretch a
+    # TOAST-unchanged column takes the last value an event provided.
+    stretch = (
+        ((pl.col(OP) == "delete").cast(pl.UInt32).cum_sum() + _after_truncate(truncates)).over(key).alias("_stretch")
+    )
+    merged = merged.with_columns(stretch, pl.int_range(pl.len()).alias("_row"))
+    resolved = []
+    for column in table.toasted:
+        left_unchanged = (pl.col(OP) == "upsert") & pl.col(UNCHANGED_TOAST).list.contains(column).fill_null(False)
+        provider = pl.when(~left_unchanged).then(pl.col("_row")).forward_fill().over([*key, "_stretch"])
+        resolved.append(pl.col(column).gather(provider).alias(column))
+    return merged.with_columns(resolved).drop("_stretch", "_row")
+
+
+@dataclass(frozen=True)
+class CuratedTables:
+    """The in-memory state of one table: its change log and the sequences of the truncates seen."""
+
+    log: pl.DataFrame
+    truncates: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, table: SourceTable) -> CuratedTables:
+        return cls(pl.from_arrow(log_schema(table).empty_table()))  # type: ignore[arg-type]
+
+
+def apply_changes(state: CuratedTables, raw: pa.Table, table: SourceTable) -> CuratedTables:
+    """Apply one raw batch; the result does not depend on arrival order, and re-applying changes nothing."""
+    changes, new_truncates = changes_from_raw(raw, table)
+    truncates = sorted(set(state.truncates) | set(new_truncates))
+    key = list(table.primary_key)
+    if truncates != state.truncates:  # every key's stretches may change
+        return CuratedTables(fold_changes(state.log, changes, table, truncates), truncates)
+    touched = changes.select(key).unique()
+    untouched = state.log.join(touched, on=key, how="anti")
+    mine = state.log.join(touched, on=key, how="semi")
+    folded = fold_changes(mine, changes, table, truncates)
+    return CuratedTables(pl.concat([untouched, folded]).sort([*key, *SEQUENCE]), truncates)
+
+
+def current_state(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
+    """Live rows: each key's last event, when it is an upsert after the last truncate."""
+    key = list(table.primary_key)
+    last = state.log.sort([*key, *SEQUENCE]).group_by(key, maintain_order=True).last()
+    if state.truncates:
+        lsn, offset = state.truncates[-1]
+        last = last.filter((pl.col(LSN) > lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) > offset)))
+    return last.filter(pl.col(OP) == "upsert")
+
+
+def history(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
+    """SCD2: every version (upsert) with valid_from, valid_to (the next event of its key or the first truncate
+    after it, whichever is first) and is_current."""
+    key = list(table.primary_key)
+    log = state.log.sort([*key, *SEQUENCE]).with_columns(
+        pl.col(LSN).shift(-1).over(key).alias("valid_to_lsn"),
+        pl.col(OFFSET).shift(-1).over(key).alias("valid_to_offset"),
+        pl.col(SOURCE_TS).shift(-1).over(key).alias("valid_to_ts"),
+    )
+    for lsn, offset in reversed(state.truncates):  # the first truncate after valid_from ends it when earlier
+        after_from = (pl.col(LSN) < lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) < offset))
+        before_to = pl.col("valid_to_lsn").is_null() | (pl.col("valid_to_lsn") > lsn) | (
+            (pl.col("valid_to_lsn") == lsn) & (pl.col("valid_to_offset") > offset))
+        ends = after_from & before_to
+        log = log.with_columns(
+            pl.when(ends).then(pl.lit(lsn, pl.Int64)).otherwise(pl.col("valid_to_lsn")).alias("valid_to_lsn"),
+            pl.when(ends).then(pl.lit(offset, pl.Int64)).otherwise(pl.col("valid_to_offset")).alias("valid_to_offset"),
+            pl.when(ends).then(None).otherwise(pl.col("valid_to_ts")).alias("valid_to_ts"),
+        )
+    return log.filter(pl.col(OP) == "upsert").select(
+        *[c.name for c in table.columns],
+        pl.col(LSN).alias("valid_from_lsn"), pl.col(OFFSET).alias("valid_from_offset"),
+        "valid_to_lsn", "valid_to_offset", pl.col(SOURCE_TS).alias("valid_from_ts"), "valid_to_ts",
+        pl.col("valid_to_lsn").is_null().alias("is_current"),
+    )
+
+
+def current_rows(state: CuratedTables, table: SourceTable) -> list[dict]:
+    names = [c.name for c in table.columns]
+    return current_state(state, table).select(names).sort(list(table.primary_key)).to_dicts()
+
+
+def history_rows(state: CuratedTables, table: SourceTable) -> list[dict]:
+    names = [c.name for c in table.columns]
+    columns = [*names, "valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
+    return history(state, table).select(columns).sort(
+        [*table.primary_key, "valid_from_lsn", "valid_from_offset"]).to_dicts()
