@@ -1,12 +1,14 @@
 """`cardo bench ingest`: realistic Debezium events (bulk mode) into fresh topics, then, in the same run,
 consume-only throughput (poll and discard) and the full ingest into raw Delta, one JSON line.
 
-Events are produced by a child process, so the peak RSS reported is that of consuming and ingesting only.
+Events are produced by a child process and consume-only runs in another, so the peak RSS reported is the
+ingest's own (consume-only's is reported beside it).
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import resource
 import shutil
@@ -40,8 +42,9 @@ def produce_events(settings: CardoSettings, prefix: str, events: int, seed: int)
     )
 
 
-def consume_only(bootstrap: str, topics: list[str]) -> tuple[int, int, float]:
-    """(messages, bytes, seconds) to poll every message of the topics and discard it."""
+def consume_only(bootstrap: str, topics: list[str]) -> tuple[int, int, float, int]:
+    """(messages, bytes, seconds, peak RSS in MB) to poll every message of the topics and discard it; run in a
+    child process (`consume_only_in_child`) so its memory is not counted as the ingest's."""
     ends = end_offsets(bootstrap, topics)
     consumer = Consumer(consumer_config(bootstrap))
     assignment = [TopicPartition(t, p, 0) for t in topics for p, end in ends[t].items() if end > 0]
@@ -56,7 +59,12 @@ def consume_only(bootstrap: str, topics: list[str]) -> tuple[int, int, float]:
                 size += len(m.value() or b"") + len(m.key() or b"")
     seconds = time.perf_counter() - started
     consumer.close()
-    return messages, size, seconds
+    return messages, size, seconds, round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def consume_only_in_child(bootstrap: str, topics: list[str]) -> tuple[int, int, float, int]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(consume_only, (bootstrap, topics))
 
 
 def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGES, log=print) -> dict:
@@ -69,7 +77,7 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
     log(f"producing {events:,} events to {prefix}.public.*")
     produce_events(settings, prefix, events, seed)
 
-    messages, size, consume_seconds = consume_only(settings.kafka_bootstrap, topics)
+    messages, size, consume_seconds, consume_rss_mb = consume_only_in_child(settings.kafka_bootstrap, topics)
     lake = Path(tempfile.mkdtemp(prefix="cardo-bench-lake-"))
     try:
         started = time.perf_counter()
@@ -95,6 +103,7 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
         "consume_only_events_per_s": round(consume_rate),
         "ingest_events_per_s": round(ingest_rate),
         "ratio": round(ingest_rate / consume_rate, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),  # the ingest's
+        "consume_only_peak_rss_mb": consume_rss_mb,
         "batch_messages": batch,
     }
