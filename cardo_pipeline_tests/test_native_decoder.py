@@ -28,7 +28,8 @@ SCHEMA = pa.schema([("before", IMAGE), ("after", IMAGE), ("op", pa.string())])
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12) | st.sampled_from(
     ["", "a\"b", "back\\slash", "tab\there", "line\nbreak", "é", "☃", "𝄞", "\u0000"])
-scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | texts
+numbers = st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+scalars = st.none() | st.booleans() | numbers | texts
 anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner,
                                                                                            max_size=3), max_leaves=6)
 images = st.none() | st.fixed_dictionaries({}, optional={
