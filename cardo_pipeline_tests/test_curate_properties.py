@@ -41,7 +41,7 @@ THINGS = SourceTable(
 SCHEMA = raw_arrow_schema(THINGS)
 TOPIC = "cardo.public.things"
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
-PROPERTIES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTIES = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- a valid source history ---------------------------------------------------------------------------------
@@ -213,6 +213,9 @@ class Delivery:
             lines += [f"  batch {i}:"] + [f"    {describe(e)}" for e in batch]
         return "\n".join(lines + [")"])
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # how hypothesis prints a falsifying example
+        printer.text(repr(self))
+
 
 @st.composite
 def deliveries(draw: st.DrawFn) -> Delivery:
@@ -260,7 +263,7 @@ def test_any_delivery_ends_where_the_oracle_does(delivery: Delivery) -> None:
     assert_matches_oracle(apply_all(delivery.batches), delivery.delivered)
 
 
-@settings(PROPERTIES, max_examples=60)
+@settings(PROPERTIES, max_examples=100)
 @given(deliveries(), st.data())
 def test_reapplying_an_applied_batch_changes_nothing(delivery: Delivery, data: st.DataObject) -> None:
     batches = delivery.batches
@@ -276,7 +279,7 @@ def test_reapplying_an_applied_batch_changes_nothing(delivery: Delivery, data: s
     assert_matches_oracle(apply_all(batches[applied:], again), delivery.delivered)
 
 
-@settings(PROPERTIES, max_examples=60)
+@settings(PROPERTIES, max_examples=100)
 @given(deliveries(), st.data())
 def test_the_order_of_the_batches_does_not_matter(delivery: Delivery, data: st.DataObject) -> None:
     batches = delivery.batches
