@@ -103,6 +103,11 @@ class KafkaMessages(Sequence[KafkaRecord]):
         self.values += [m.value() for m in messages]
         self.timestamps_ms += [m.timestamp()[1] for m in messages]
 
+    def next_offsets(self, start: int = 0) -> dict[int, int]:
+        """The next offset to read per partition, after the messages from position `start` on."""
+        # offsets grow within a partition, so the last one of each partition wins
+        return dict(zip(self.partitions[start:], map((1).__add__, self.offsets[start:]), strict=True))
+
     def columns(self) -> tuple[list, ...]:
         return self.topics, self.partitions, self.offsets, self.keys, self.values, self.timestamps_ms
 
@@ -426,11 +431,10 @@ def _python_pieces(values: list[bytes | None], table: SourceTable, tombstone: np
     return pieces, parser.loose + split.loose_tombstones
 
 
-def _native_pieces(values: list[bytes | None], table: SourceTable, tombstone: np.ndarray, dead: dict[int, str]
-                   ) -> tuple[list[_Piece], list[int]]:
+def _native_pieces(values: list[bytes | None], split: native.SplitEnvelopes, table: SourceTable,
+                   tombstone: np.ndarray, dead: dict[int, str]) -> tuple[list[_Piece], list[int]]:
     """The same as `_python_pieces`, with the crate splitting and parsing what it is sure of; the rest (other
     layouts, bad JSON, schemas that are dead letters, types the crate leaves to pyarrow) takes the Python path."""
-    split = native.split_envelopes(values)
     groups = split.groups.copy()
     # A tombstone joins the group of the value before it (leading ones the first group), as in split_values,
     # so a topic with one schema stays one piece in batch order.
@@ -511,12 +515,14 @@ def decode_batch(
         topics, partitions, offsets, keys, values, timestamps = zip(*records, strict=True) if n else ((),) * 6
         values, keys = list(values), list(keys)
     dead: dict[int, str] = {}  # record position -> reason
-    tombstone = np.fromiter((value is None for value in values), bool, n)
     if native.enabled():
-        pieces, loose = _native_pieces(values, table, tombstone, dead)
+        split = native.split_envelopes(values)
+        tombstone = split.groups == -1  # the crate marks None values: no second pass over the values
+        pieces, loose = _native_pieces(values, split, table, tombstone, dead)
         key_texts, key_dead = _native_key_texts(keys)
     else:
         key_check = submit(_python_key_texts, keys)  # on a worker while the values are split
+        tombstone = np.fromiter((value is None for value in values), bool, n)
         pieces, loose = _python_pieces(values, table, tombstone, dead)
         key_texts, key_dead = key_check.result()
     plans = list({id(piece.plan): piece.plan for piece in pieces}.values())

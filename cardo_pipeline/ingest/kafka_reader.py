@@ -67,11 +67,9 @@ def read_batches(
                 for m in failed:
                     if m.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(m.error())
-                good = [m for m in messages if m.error() is None] if failed else messages
-                batch.extend(good)
-                # offsets grow within a partition, so the last one of each partition wins
-                added = len(good)
-                position.update(zip(batch.partitions[-added:], map((1).__add__, batch.offsets[-added:]), strict=True))
+                start = len(batch)
+                batch.extend([m for m in messages if m.error() is None] if failed else messages)
+                position.update(batch.next_offsets(start))
             if len(batch):
                 yield batch
     finally:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from cardo_pipeline.cdc.decode import KafkaMessages, decode_batch
+from cardo_pipeline.cdc.decode import decode_batch
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.kafka_reader import ReadTarget, read_batches
 from cardo_pipeline.ingest.prefetch import prefetch
@@ -48,13 +48,6 @@ class IngestReport:
 
     def lag(self, latest_end: dict[int, int]) -> int:
         return sum(max(0, e - self.committed_offsets.get(p, 0)) for p, e in latest_end.items())
-
-
-def _next_offsets(batch: KafkaMessages, previous: dict[int, int]) -> dict[int, int]:
-    offsets = dict(previous)
-    # offsets grow within a partition, so the last one of each partition wins
-    offsets.update(zip(batch.partitions, map((1).__add__, batch.offsets), strict=True))
-    return offsets
 
 
 def _not_yet_dead_lettered(dead: pa.Table, already: dict[int, int]) -> pa.Table:
@@ -125,7 +118,7 @@ def _ingest_batches(bootstrap: str, table: SourceTable, topic: str, raw: OffsetT
                 f"{topic}: consumed {len(batch)} but landed {decoded.rows.num_rows} and dead-lettered "
                 f"{decoded.dead_letters.num_rows}; nothing of this batch was committed"
             )
-        next_offsets = _next_offsets(batch, report.committed_offsets)
+        next_offsets = {**report.committed_offsets, **batch.next_offsets()}
         metadata = {"cardo.table": table.name, "cardo.batch_messages": str(len(batch))}
         dead = _not_yet_dead_lettered(decoded.dead_letters, already_dead)
         if dead.num_rows:
