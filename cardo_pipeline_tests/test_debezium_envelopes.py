@@ -472,6 +472,21 @@ def _wait_until_quiet(consumer, topics: list[str], quiet_s: float = 3.0) -> dict
     return offsets
 
 
+def _wait_for_truncates(consumer, start: dict[tuple[str, int], int], topics: list[str]) -> None:
+    """Read on from `start` until every topic has delivered a truncate event (op "t"). On a fresh stack the
+    topics do not exist yet and are created by these very events, so the partitions are listed anew each time."""
+    waiting = set(topics)
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+    while waiting:
+        assert time.monotonic() < deadline, f"no truncate event arrived on {sorted(waiting)}"
+        end = _end_offsets(consumer, topics)
+        for topic, messages in _read(consumer, start, end).items():
+            if any(b'"op":"t"' in (m.value or b"") for m in messages):
+                waiting.discard(topic)
+        start = end
+        time.sleep(0.5)
+
+
 def _wait_for(consumer, topics, start, expected: int) -> dict[tuple[str, int], int]:
     """Poll until exactly `expected` new messages are there and stay so for a moment (no extra ones trail)."""
     deadline = time.monotonic() + DELIVERY_TIMEOUT_S
@@ -554,9 +569,12 @@ def test_kafka_envelope_sink_matches_real_debezium(stack, servicing_dsn, kafka_b
     bulk_topics = [f"bulk.public.{t}" for t in tables]
     consumer = _consumer(kafka_bootstrap)
     try:
-        # Clear the tables; their truncate events (if published) land before real_start, as we wait for quiet.
+        # Clear the tables, and see their truncate events arrive before counting starts: a quiet spell alone was
+        # not enough once (Debezium delivered the four truncates after three quiet seconds, inside the window).
+        before_truncate = _end_offsets(consumer, real_topics)
         with psycopg.connect(servicing_dsn, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {', '.join(f'public.{t}' for t in tables)}, simulator.loan_truth")
+        _wait_for_truncates(consumer, before_truncate, real_topics)
         real_start = _wait_until_quiet(consumer, real_topics)
 
         with PostgresSink(servicing_dsn) as postgres:
