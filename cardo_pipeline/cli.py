@@ -76,8 +76,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _ingest(args: argparse.Namespace) -> int:
     """Land new Kafka messages in the raw tables without Dagster (what the raw assets run)."""
-    from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-    from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, ingest_topic
+    from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
+    from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES
     from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 
     settings = CardoSettings.from_env()
@@ -85,14 +85,12 @@ def _ingest(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--table {unknown[0]!r} is not a source table; choose from {sorted(TABLES_BY_NAME)}")
     tables = [TABLES_BY_NAME[name] for name in args.table] or list(SOURCE_TABLES)
-    for table in tables:
-        report = ingest_topic(
-            settings.kafka_bootstrap, table, settings.topic(table.name),
-            OffsetTrackedTable(str(settings.lake_dir / "raw" / table.name)),
-            OffsetTrackedTable(str(settings.lake_dir / "raw" / "_dead_letter")),
-            max_batch_messages=args.batch or DEFAULT_BATCH_MESSAGES,
-        )
-        print(json.dumps({k: v for k, v in report.__dict__.items()}))
+    jobs = [TopicIngest(table, settings.topic(table.name), str(settings.lake_dir / "raw" / table.name),
+                        str(settings.lake_dir / "raw" / "_dead_letter")) for table in tables]
+    result = ingest_topics(settings.kafka_bootstrap, jobs, workers=args.workers,
+                           max_batch_messages=args.batch or DEFAULT_BATCH_MESSAGES)
+    for report in result.reports.values():
+        print(json.dumps({**report.__dict__, "ingest_workers": result.workers}))
     return 0
 
 
@@ -101,7 +99,8 @@ def _bench(args: argparse.Namespace) -> int:
         from cardo_pipeline.bench.ingest import bench_ingest
 
         log = (lambda _: None) if args.json else print
-        result = bench_ingest(args.events, seed=args.seed, log=log, **({"batch": args.batch} if args.batch else {}))
+        result = bench_ingest(args.events, seed=args.seed, log=log, workers=args.workers,
+                              **({"batch": args.batch} if args.batch else {}))
     else:
         from cardo_pipeline.bench.decode import bench_decode
 
@@ -143,14 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="land new Kafka messages in the raw tables without Dagster")
     ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
-    ingest.add_argument("--batch", type=int, help="messages per batch, one Delta commit each (default 20,000)")
+    ingest.add_argument("--batch", type=int, help="messages per batch, one Delta commit each (default 10,000)")
+    ingest.add_argument("--workers", type=int,
+                        help="worker processes for a backlog of 100k messages or more (default: one per core)")
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
     bench.add_argument("workload", choices=["ingest", "decode"])
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--seed", type=int, default=42)
-    bench.add_argument("--batch", type=int, help="messages per raw commit (default 20,000)")
+    bench.add_argument("--batch", type=int, help="messages per raw commit (default 10,000)")
+    bench.add_argument("--workers", type=int, help="ingest worker processes (default: one per core)")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(func=_bench)
 

@@ -15,6 +15,8 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+_NEW_TABLE_CONFIGURATION = {"delta.appendOnly": "true"}
+
 
 def offsets_app_id(topic: str, partition: int) -> str:
     return f"kafka/{topic}/{partition}"
@@ -45,6 +47,13 @@ class OffsetTrackedTable:
     def schema(self) -> pa.Schema | None:
         return None if self._snapshot is None else pa.schema(self._snapshot.schema().to_arrow())
 
+    def ensure_exists(self, schema: pa.Schema) -> None:
+        """Create the table empty, so that writers of different partitions can start appending at once (two
+        writers creating the same table would conflict)."""
+        if self._snapshot is None and load_table(self.uri) is None:
+            write_deltalake(self.uri, schema.empty_table(), mode="append", configuration=_NEW_TABLE_CONFIGURATION)
+        self._snapshot = DeltaTable(self.uri)
+
     def next_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """Where reading resumes: the offsets committed with the data (0 for a partition never seen)."""
         if self._snapshot is None:
@@ -58,7 +67,7 @@ class OffsetTrackedTable:
             rows,
             mode="append",
             schema_mode="merge",  # a column added at the source appears as a new nullable column
-            configuration=None if self._snapshot is not None else {"delta.appendOnly": "true"},
+            configuration=None if self._snapshot is not None else _NEW_TABLE_CONFIGURATION,
             commit_properties=CommitProperties(
                 app_transactions=[
                     Transaction(app_id=offsets_app_id(topic, p), version=o) for p, o in sorted(next_offsets.items())

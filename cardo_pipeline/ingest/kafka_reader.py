@@ -32,8 +32,13 @@ def consumer_config(bootstrap: str) -> dict:
         "enable.partition.eof": False,
         "auto.offset.reset": "error",  # an offset that is gone must fail loudly, never skip silently
         "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "queued.max.messages.kbytes": 32 * 1024,  # per partition: bounds the prefetch memory
+        # A small prefetch queue refilled at once: librdkafka waits fetch.queue.backoff.ms (1 s by default) before
+        # fetching again once a partition's queue is full, which starved the reader with small queues and made
+        # big ones (16 MB fetches, 32 MB queues) look necessary. Measured on 830k payments events: 74k/s and
+        # 1.6 GB peak RSS with the big queue, 100k/s and 0.85 GB with this one (lz4 JSON inflates ~10x).
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        "queued.max.messages.kbytes": 8 * 1024,  # per partition: bounds the prefetch memory
+        "fetch.queue.backoff.ms": 5,
         "fetch.wait.max.ms": 50,
         "socket.timeout.ms": 10_000,
     }
@@ -54,7 +59,10 @@ def read_batches(
         while any(position[p] < end for p, end in todo.items()):
             batch = KafkaMessages()
             while len(batch) < max_messages and any(position[p] < end for p, end in todo.items()):
-                messages = consumer.consume(num_messages=min(10_000, max_messages - len(batch)), timeout=0.5)
+                # Never ask for more than is left: consume() waits out its timeout while it has fewer messages
+                # than asked for, which cost half a second at the end of every partition.
+                left = sum(end - position[p] for p, end in todo.items() if position[p] < end)
+                messages = consumer.consume(num_messages=min(10_000, max_messages - len(batch), left), timeout=0.5)
                 if not messages:
                     if time.monotonic() - last_progress > idle_timeout_s:
                         raise TimeoutError(

@@ -64,17 +64,48 @@ fn split_envelopes<'py>(
     py: Python<'py>,
     values: &Bound<'py, PyList>,
 ) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let n = values.len();
+    // The values' bytes as (address, length), so the scan runs without the GIL (the Kafka reader thread needs
+    // it meanwhile). The list keeps every bytes object alive and bytes never change, so the addresses hold.
+    let spans: Vec<Span> = values
+        .iter()
+        .map(|item| {
+            if item.is_none() {
+                Span::Tombstone
+            } else {
+                as_bytes(&item).map_or(Span::Other, |b| Span::Bytes(b.as_ptr() as usize, b.len()))
+            }
+        })
+        .collect();
+    let (heads, groups, starts) = py.detach(move || split_spans(&spans));
+    Ok((
+        heads.iter().map(|h| PyBytes::new(py, h)).collect(),
+        PyBytes::new(py, &i32_bytes(&groups)),
+        PyBytes::new(py, &i64_bytes(&starts)),
+    ))
+}
+
+enum Span {
+    Tombstone,
+    Other,
+    Bytes(usize, usize),
+}
+
+fn split_spans(spans: &[Span]) -> (Vec<Vec<u8>>, Vec<i32>, Vec<i64>) {
+    let n = spans.len();
     let mut heads: Vec<Vec<u8>> = Vec::new();
     let mut groups = vec![-2i32; n];
     let mut starts = vec![0i64; n];
     let mut current: Option<usize> = None;
-    for (i, item) in values.iter().enumerate() {
-        if item.is_none() {
-            groups[i] = -1;
-            continue;
-        }
-        let Some(value) = as_bytes(&item) else { continue };
+    for (i, span) in spans.iter().enumerate() {
+        let value: &[u8] = match *span {
+            Span::Tombstone => {
+                groups[i] = -1;
+                continue;
+            }
+            Span::Other => continue,
+            // SAFETY: see split_envelopes: the bytes object outlives this call and is immutable.
+            Span::Bytes(address, len) => unsafe { std::slice::from_raw_parts(address as *const u8, len) },
+        };
         if let Some(h) = current {
             if let Some(start) = payload_after(value, &heads[h]) {
                 groups[i] = h as i32;
@@ -95,11 +126,7 @@ fn split_envelopes<'py>(
         groups[i] = h as i32;
         starts[i] = start as i64;
     }
-    Ok((
-        heads.iter().map(|h| PyBytes::new(py, h)).collect(),
-        PyBytes::new(py, &i32_bytes(&groups)),
-        PyBytes::new(py, &i64_bytes(&starts)),
-    ))
+    (heads, groups, starts)
 }
 
 // --- the parse schema and its column builders ------------------------------------------------------------

@@ -1,6 +1,6 @@
 """`raw/<table>`: one asset per source table, generated from the registry; each run lands every new message.
 
-The asset is glue: it opens the raw and dead-letter tables through the lake resource, calls `ingest_topic`,
+The asset is glue: it locates the raw and dead-letter tables through the lake resource, calls `ingest_topics`,
 and reports offsets, lag, counts and Delta versions as metadata.
 """
 
@@ -11,13 +11,16 @@ from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.defs.sources.topics import topic_asset_key
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport, ingest_topic
+from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
+from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
 
 class RawIngestConfig(dg.Config):
     max_batch_messages: int = DEFAULT_BATCH_MESSAGES  # bounds memory: one batch is decoded and committed at a time
+    # Worker processes for a large backlog, one partition each (0: one per core); small backlogs stay in-process.
+    partition_workers: int = 0
 
 
 def _offsets(offsets: dict[int, int]) -> dg.MetadataValue:
@@ -57,15 +60,16 @@ def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: RawIngestConfig, kafka: KafkaResource, lake: LakeResource
     ) -> dg.MaterializeResult:
         topic = kafka.topic(table.name)
-        raw = OffsetTrackedTable(lake.location("raw", table.name))
-        dead_letter = OffsetTrackedTable(lake.location(*DEAD_LETTER_KEY.path))
-        report = ingest_topic(
-            kafka.bootstrap(), table, topic, raw, dead_letter,
+        job = TopicIngest(table, topic, lake.location("raw", table.name), lake.location(*DEAD_LETTER_KEY.path))
+        result = ingest_topics(
+            kafka.bootstrap(), [job], workers=config.partition_workers or None,
             max_batch_messages=config.max_batch_messages, log=context.log.info,
         )
+        report = result.reports[topic]
         latest = end_offsets(kafka.bootstrap(), [topic])[topic]
         metadata = report_metadata(report, report.lag(latest))
-        metadata["dagster/row_count"] = raw.row_count()
+        metadata["ingest_workers"] = result.workers
+        metadata["dagster/row_count"] = OffsetTrackedTable(job.raw_uri).row_count()
         if report.dead_lettered:
             context.log_event(dg.AssetMaterialization(
                 asset_key=DEAD_LETTER_KEY,
