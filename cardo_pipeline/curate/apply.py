@@ -131,26 +131,33 @@ def apply_changes(state: CuratedTables, raw: pa.Table, table: SourceTable) -> Cu
     return CuratedTables(pl.concat([untouched, folded]).sort([*key, *SEQUENCE]), truncates)
 
 
-def current_state(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
-    """Live rows: each key's last event, when it is an upsert after the last truncate."""
+def current_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: SourceTable) -> pl.DataFrame:
+    """Live rows of the keys in `log` (sorted by key and sequence): each key's last event, when it is an upsert
+    after the last truncate."""
     key = list(table.primary_key)
-    last = state.log.sort([*key, *SEQUENCE]).group_by(key, maintain_order=True).last()
-    if state.truncates:
-        lsn, offset = state.truncates[-1]
+    last = log.group_by(key, maintain_order=True).last()
+    if truncates:
+        lsn, offset = truncates[-1]
         last = last.filter((pl.col(LSN) > lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) > offset)))
     return last.filter(pl.col(OP) == "upsert")
 
 
-def history(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
-    """SCD2: every version (upsert) with valid_from, valid_to (the next event of its key or the first truncate
-    after it, whichever is first) and is_current."""
+HISTORY_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "valid_from_ts",
+                   "valid_to_ts", "is_current", "is_deleted"]
+
+
+def history_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: SourceTable) -> pl.DataFrame:
+    """Every event of the keys in `log` (sorted by key and sequence) as SCD2 rows: valid_from, valid_to (the
+    key's next event or the first truncate after it, whichever is first), is_current; a delete is a row of its
+    own with is_deleted (its key columns only), as dbt snapshots record hard deletes. The unchanged-TOAST marks
+    are kept, so the rows can be read back as the change log."""
     key = list(table.primary_key)
-    log = state.log.sort([*key, *SEQUENCE]).with_columns(
+    log = log.with_columns(
         pl.col(LSN).shift(-1).over(key).alias("valid_to_lsn"),
         pl.col(OFFSET).shift(-1).over(key).alias("valid_to_offset"),
         pl.col(SOURCE_TS).shift(-1).over(key).alias("valid_to_ts"),
     )
-    for lsn, offset in reversed(state.truncates):  # the first truncate after valid_from ends it when earlier
+    for lsn, offset in reversed(truncates):  # the first truncate after valid_from ends it when earlier
         after_from = (pl.col(LSN) < lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) < offset))
         before_to = pl.col("valid_to_lsn").is_null() | (pl.col("valid_to_lsn") > lsn) | (
             (pl.col("valid_to_lsn") == lsn) & (pl.col("valid_to_offset") > offset))
@@ -160,12 +167,33 @@ def history(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
             pl.when(ends).then(pl.lit(offset, pl.Int64)).otherwise(pl.col("valid_to_offset")).alias("valid_to_offset"),
             pl.when(ends).then(None).otherwise(pl.col("valid_to_ts")).alias("valid_to_ts"),
         )
-    return log.filter(pl.col(OP) == "upsert").select(
+    return log.select(
         *[c.name for c in table.columns],
         pl.col(LSN).alias("valid_from_lsn"), pl.col(OFFSET).alias("valid_from_offset"),
         "valid_to_lsn", "valid_to_offset", pl.col(SOURCE_TS).alias("valid_from_ts"), "valid_to_ts",
-        pl.col("valid_to_lsn").is_null().alias("is_current"),
+        pl.col("valid_to_lsn").is_null().alias("is_current"), (pl.col(OP) == "delete").alias("is_deleted"),
+        UNCHANGED_TOAST,
     )
+
+
+def log_from_history(history: pl.DataFrame, table: SourceTable) -> pl.DataFrame:
+    """The change log back from SCD2 rows (`history_frame`'s layout): what the next batch folds into."""
+    return _typed(history.select(
+        *[c.name for c in table.columns],
+        pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET),
+        pl.when(pl.col("is_deleted")).then(pl.lit("delete")).otherwise(pl.lit("upsert")).alias(OP),
+        UNCHANGED_TOAST, pl.col("valid_from_ts").alias(SOURCE_TS),
+    ), table)
+
+
+def current_state(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
+    return current_frame(state.log.sort([*table.primary_key, *SEQUENCE]), state.truncates, table)
+
+
+def history(state: CuratedTables, table: SourceTable) -> pl.DataFrame:
+    """SCD2 versions (deletes left out)."""
+    frame = history_frame(state.log.sort([*table.primary_key, *SEQUENCE]), state.truncates, table)
+    return frame.filter(~pl.col("is_deleted")).drop("is_deleted", UNCHANGED_TOAST)
 
 
 def current_rows(state: CuratedTables, table: SourceTable) -> list[dict]:

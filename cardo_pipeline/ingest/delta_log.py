@@ -15,7 +15,8 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
-_NEW_TABLE_CONFIGURATION = {"delta.appendOnly": "true"}
+# Change data feed: the curated tables read each batch of new raw rows from it.
+_NEW_TABLE_CONFIGURATION = {"delta.appendOnly": "true", "delta.enableChangeDataFeed": "true"}
 
 
 def offsets_app_id(topic: str, partition: int) -> str:

@@ -1,0 +1,112 @@
+"""The curated Delta tables against the oracle: generated deliveries are landed in a real raw Delta table batch
+by batch, applied incrementally (after any batch), and `curated/things` and `curated/things_history` must hold
+what a plain replay gives; a batch delivered again must change nothing, not even the change data feed."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID, CuratedLocations, CuratedStore
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
+from cardo_pipeline_tests.curate_oracle import replay
+from cardo_pipeline_tests.test_curate_properties import PROPERTIES, THINGS, Delivery, arrow, deliveries
+
+NAMES = [c.name for c in THINGS.columns]
+VERSION_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
+
+
+def curated_rows(locations: CuratedLocations) -> tuple[list[dict], list[dict]]:
+    current = pl.read_delta(locations.current).select(NAMES).sort("id").to_dicts()
+    history = (pl.read_delta(locations.history).filter(~pl.col("is_deleted")).select([*NAMES, *VERSION_COLUMNS])
+               .sort(["id", "valid_from_lsn", "valid_from_offset"]).to_dicts())
+    return current, history
+
+
+def land_and_apply(delivery: Delivery, lake: str, apply_after: list[bool]) -> tuple[OffsetTrackedTable, CuratedStore]:
+    raw = OffsetTrackedTable(f"{lake}/raw/things")
+    store = CuratedStore(THINGS, CuratedLocations.in_lake(lake, THINGS))
+    for i, (batch, apply_now) in enumerate(zip(delivery.batches, apply_after, strict=True)):
+        raw.append(arrow(batch), "cardo.public.things", {0: i + 1}, {})
+        if apply_now:
+            store.apply()
+    store.apply()
+    return raw, store
+
+
+@settings(PROPERTIES, max_examples=40)
+@given(delivery=deliveries(), data=st.data())
+def test_curated_delta_tables_end_where_the_oracle_does(delivery: Delivery, data: st.DataObject,
+                                                        tmp_path_factory) -> None:
+    if not delivery.batches:
+        return
+    lake = str(tmp_path_factory.mktemp("lake"))
+    apply_after = data.draw(st.lists(st.booleans(), min_size=len(delivery.batches), max_size=len(delivery.batches)))
+    raw, store = land_and_apply(delivery, lake, apply_after)
+    assert curated_rows(store.locations) == replay(delivery.delivered, THINGS)
+    assert store.applied_raw_version() == raw.version()
+
+    # The same batch delivered again: both tables commit (the applied raw version moves) and change no row.
+    again = data.draw(st.sampled_from(delivery.batches))
+    raw.append(arrow(again), "cardo.public.things", {0: len(delivery.batches) + 1}, {})
+    report = store.apply()
+    assert (report.inserted, report.updated, report.deleted, report.history_rows_written) == (0, 0, 0, 0)
+    assert curated_rows(store.locations) == replay(delivery.delivered, THINGS)
+    for uri in (store.locations.current, store.locations.history):
+        table = DeltaTable(uri)
+        assert table.transaction_version(RAW_VERSION_APP_ID) == raw.version()
+        assert table.load_cdf(starting_version=table.version()).read_all().num_rows == 0
+
+
+def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
+    from cardo_pipeline_tests.test_curate_properties import Source
+
+    source = Source()
+    source.insert(1, name="a", amount=None, notes="n1")
+    source.insert(2, name="b", amount=None, notes=None)
+    first = list(source.events)
+    source.update(1, name="a2")
+    source.delete(2)
+    rest = source.events[len(first):]
+    _, store = land_and_apply(Delivery(source.events, [first, rest]), str(tmp_path), [True, True])
+    current = DeltaTable(store.locations.current)
+    feed = pl.from_arrow(pa.table(current.load_cdf(starting_version=current.version()).read_all()))
+    changes = sorted(zip(feed["_change_type"].to_list(), feed["id"].to_list(), strict=True))
+    assert changes == [("delete", 2), ("update_postimage", 1), ("update_preimage", 1)]
+    assert curated_rows(store.locations)[0] == [{"id": 1, "name": "a2", "amount": None, "notes": "n1"}]
+
+
+def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, monkeypatch) -> None:
+    from cardo_pipeline_tests.test_curate_properties import Source
+
+    source = Source()
+    source.insert(1, name="a", amount=None, notes="n1")
+    source.insert(2, name="b", amount=None, notes=None)
+    first = list(source.events)
+    source.update(1, name="a2")
+    source.delete(2)
+    source.insert(3, name="c", amount=None, notes=None)
+    rest = source.events[len(first):]
+    raw, store = land_and_apply(Delivery(first, [first]), str(tmp_path), [True])
+    raw.append(arrow(rest), "cardo.public.things", {0: 2}, {})
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed between the history commit and the current commit")
+
+    monkeypatch.setattr(CuratedStore, "_merge_current", crash)
+    try:
+        store.apply()
+    except RuntimeError:
+        pass
+    history, current = DeltaTable(store.locations.history), DeltaTable(store.locations.current)
+    assert history.transaction_version(RAW_VERSION_APP_ID) == raw.version()
+    assert current.transaction_version(RAW_VERSION_APP_ID) == raw.version() - 1
+    assert store.applied_raw_version() == raw.version() - 1
+
+    monkeypatch.undo()
+    report = store.apply()
+    assert report.history_rows_written == 0 and (report.inserted, report.updated, report.deleted) == (1, 1, 1)
+    assert curated_rows(store.locations) == replay(source.events, THINGS)
