@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -97,10 +98,8 @@ def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, m
         raise RuntimeError("killed between the history commit and the current commit")
 
     monkeypatch.setattr(CuratedStore, "_merge_current", crash)
-    try:
+    with pytest.raises(RuntimeError, match="killed between"):
         store.apply()
-    except RuntimeError:
-        pass
     history, current = DeltaTable(store.locations.history), DeltaTable(store.locations.current)
     assert history.transaction_version(RAW_VERSION_APP_ID) == raw.version()
     assert current.transaction_version(RAW_VERSION_APP_ID) == raw.version() - 1
