@@ -10,6 +10,8 @@ import os
 
 import dagster as dg
 
+from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
+from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
 from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
@@ -41,8 +43,10 @@ def defs() -> dg.Definitions:
         asset_checks=RAW_CHECKS,
         sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds())],
     )
+    curated = dg.Definitions(assets=CURATED_ASSETS, asset_checks=CURATED_CHECKS)
     return dg.Definitions.merge(
         topics.defs,
         raw,
+        curated,
         dg.Definitions(jobs=[everything], resources=current_resources()),
     )

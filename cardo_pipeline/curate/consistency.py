@@ -1,0 +1,57 @@
+"""Checks that the curated tables agree with each other (used by the blocking asset check)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from cardo_pipeline.curate.apply import LSN, OFFSET
+from cardo_pipeline.curate.storage import CuratedLocations
+from cardo_pipeline.ingest.delta_log import load_table
+from cardo_pipeline.tables import SourceTable
+
+
+@dataclass
+class Agreement:
+    compared: int = 0
+    only_in_current: int = 0
+    only_in_history: int = 0
+    differing: int = 0
+    duplicate_keys: int = 0
+    samples: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not (self.only_in_current or self.only_in_history or self.differing or self.duplicate_keys)
+
+
+def _read(uri: str) -> pl.DataFrame | None:
+    table = load_table(uri)
+    return None if table is None else pl.from_arrow(table.to_pyarrow_table())  # type: ignore[return-value]
+
+
+def compare_current_with_history(table: SourceTable, locations: CuratedLocations, sample_size: int = 5
+                                 ) -> Agreement:
+    """The current table must be exactly the history's current, not deleted rows, one row per key."""
+    current, history = _read(locations.current), _read(locations.history)
+    if current is None or history is None:
+        return Agreement()
+    key, names = list(table.primary_key), [c.name for c in table.columns]
+    expected = history.filter(pl.col("is_current") & ~pl.col("is_deleted")).select(
+        *names, pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET))
+    actual = current.select(*names, LSN, OFFSET)
+    result = Agreement(compared=actual.height)
+    duplicates = actual.group_by(key).len().filter(pl.col("len") > 1)
+    result.duplicate_keys = duplicates.height
+    only_current = actual.join(expected, on=key, how="anti")
+    only_history = expected.join(actual, on=key, how="anti")
+    result.only_in_current, result.only_in_history = only_current.height, only_history.height
+    both = actual.join(expected, on=key, how="inner", suffix="__history")
+    columns = [c for c in actual.columns if c not in key]
+    differing = both.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__history")) for c in columns))
+    result.differing = differing.height
+    for kind, frame in (("duplicate key", duplicates.select(key)), ("only in current", only_current.select(key)),
+                        ("only in history", only_history.select(key)), ("values differ", differing.select(key))):
+        result.samples += [{"problem": kind, **row} for row in frame.head(sample_size).to_dicts()]
+    return result

@@ -1,0 +1,88 @@
+"""`curated/<table>` and `curated/<table>_history`: one multi-asset per source table, generated from the
+registry. Glue only: the apply is `curate.storage.CuratedStore`; the asset reports what a batch did."""
+
+import dagster as dg
+
+from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, CuratedStore
+from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
+from cardo_pipeline.defs.groups import CURATED
+from cardo_pipeline.defs.raw.keys import raw_key
+from cardo_pipeline.defs.resources import LakeResource
+from cardo_pipeline.ingest.delta_log import load_table
+from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
+
+
+def curated_locations(lake: LakeResource, table: SourceTable) -> CuratedLocations:
+    return CuratedLocations(
+        raw=lake.location(*raw_key(table).path),
+        current=lake.location(*curated_key(table).path),
+        history=lake.location(*curated_history_key(table).path),
+        truncates=lake.location("curated", "_truncates", table.name),
+    )
+
+
+def _common(report: ApplyReport) -> dict[str, object]:
+    return {
+        "raw_version_applied": report.raw_version if report.raw_version is not None else -1,
+        "events_applied": report.events,
+        "batches": report.batches,
+        "keys_touched": report.keys_touched,
+        "truncates_seen": len(report.truncates),
+        "events_per_second": round(report.events / report.seconds, 1) if report.seconds else 0.0,
+    }
+
+
+def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
+    key = ", ".join(table.primary_key)
+    current, history = curated_key(table), curated_history_key(table)
+
+    @dg.multi_asset(
+        name=f"curated_{table.name}",
+        specs=[
+            dg.AssetSpec(
+                current, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"},
+                description=(
+                    f"Current state of `{table.name}`: one row per live {key}, the event with the highest sequence "
+                    "(LSN, then offset) whatever the arrival order; deletes and truncates remove rows, late events "
+                    "cannot bring them back; `_cardo_lsn`, `_cardo_offset`, `_cardo_source_ts` tell which event "
+                    "wrote the row. Change data feed on."
+                ),
+                metadata={"primary_key": key},
+                tags={"cardo/layer": "curated"},
+                automation_condition=dg.AutomationCondition.eager(),
+            ),
+            dg.AssetSpec(
+                history, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"},
+                description=(
+                    f"SCD2 history of `{table.name}`: every version with valid_from / valid_to (sequence and source "
+                    "commit time) and is_current; a delete is a row of its own with is_deleted (dbt's convention), "
+                    "kept as the tombstone that stops late events. Change data feed on."
+                ),
+                metadata={"primary_key": key},
+                tags={"cardo/layer": "curated"},
+                automation_condition=dg.AutomationCondition.eager(),
+            ),
+        ],
+        can_subset=False,  # one apply writes both, each in its own commit with the raw version applied
+    )
+    def curated_tables(context: dg.AssetExecutionContext, lake: LakeResource):
+        locations = curated_locations(lake, table)
+        report = CuratedStore(table, locations).apply(log=context.log.info)
+        current_table, history_table = load_table(locations.current), load_table(locations.history)
+        yield dg.MaterializeResult(asset_key=current, metadata={
+            **_common(report),
+            "dagster/row_count": current_table.count() if current_table is not None else 0,
+            "delta_version": report.current_version if report.current_version is not None else -1,
+            "rows_inserted": report.inserted, "rows_updated": report.updated, "rows_deleted": report.deleted,
+        })
+        yield dg.MaterializeResult(asset_key=history, metadata={
+            **_common(report),
+            "dagster/row_count": history_table.count() if history_table is not None else 0,
+            "delta_version": report.history_version if report.history_version is not None else -1,
+            "history_rows_written": report.history_rows_written,
+        })
+
+    return curated_tables
+
+
+CURATED_ASSETS = [build_curated_assets(t) for t in SOURCE_TABLES]
