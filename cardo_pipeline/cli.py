@@ -63,14 +63,23 @@ def _demo(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from cardo_pipeline.curate.storage import CuratedLocations, CuratedStore
     from cardo_pipeline.ingest.replay import replay_file
+    from cardo_pipeline.tables import SOURCE_TABLES
 
     path = Path(args.file)
     if not path.is_file():
         raise ConfigError(f"FILE {path} does not exist")
     lake = Path(args.lake) if args.lake else CardoSettings.from_env().lake_dir
     report = replay_file(path, lake)
-    print(json.dumps({"file": str(path), "lake": str(lake), **report.__dict__}))
+    curated = {}
+    for table in SOURCE_TABLES:  # all the way to curated, as the assets would
+        applied = CuratedStore(table, CuratedLocations.in_lake(str(lake), table)).apply()
+        if applied.raw_version is not None:
+            curated[table.name] = {"events_applied": applied.events, "raw_version": applied.raw_version,
+                                   "inserted": applied.inserted, "updated": applied.updated,
+                                   "deleted": applied.deleted}
+    print(json.dumps({"file": str(path), "lake": str(lake), **report.__dict__, "curated": curated}))
     return 0
 
 
