@@ -1,6 +1,6 @@
-"""The curated assets in a Dagster run against the real broker: a simulated book goes Kafka -> raw -> curated,
-and for every source table the curated tables equal the oracle's replay of what raw holds; the blocking check
-passes, the metadata tells what the batch did, and a second run applies nothing."""
+"""The curated and Iceberg assets in a Dagster run against the real broker: a simulated book goes Kafka -> raw ->
+curated -> Iceberg, and for every source table the curated tables and the mirror equal the oracle's replay of
+what raw holds; the blocking checks pass, the metadata tells what the batch did, a second run applies nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
+from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS, iceberg_key
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
-from cardo_pipeline.defs.resources import KafkaResource, LakeResource
+from cardo_pipeline.defs.resources import IcebergResource, KafkaResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES
 from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.raw_helpers import fresh_prefix, produce_book, read_table
@@ -31,17 +32,21 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
                                                                            tmp_path: Path) -> None:
     prefix = fresh_prefix("curated")
     produce_book(kafka_bootstrap, prefix, loans=40, months=6)
-    definitions = dg.Definitions(
+    iceberg = IcebergResource(catalog_uri=f"sqlite:///{tmp_path}/iceberg/catalog.db",
+                              warehouse=str(tmp_path / "iceberg" / "warehouse"))
+    definitions = dg.Definitions.merge(ICEBERG_DEFS, dg.Definitions(
         assets=[*RAW_ASSETS, DEAD_LETTER_SPEC, *CURATED_ASSETS], asset_checks=CURATED_CHECKS,
         resources={"kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
-                   "lake": LakeResource(root=str(tmp_path))},
-    )
+                   "lake": LakeResource(root=str(tmp_path)), "iceberg": iceberg},
+    ))
     job = definitions.resolve_implicit_global_asset_job_def()
-    selection = [a.key for a in RAW_ASSETS] + [k for a in CURATED_ASSETS for k in a.keys]
+    selection = ([a.key for a in RAW_ASSETS] + [k for a in CURATED_ASSETS for k in a.keys]
+                 + [iceberg_key(t) for t in SOURCE_TABLES])
     first = job.execute_in_process(asset_selection=selection)
     assert first.success
-    checks = first.get_asset_check_evaluations()
-    assert len(checks) == len(SOURCE_TABLES) and all(c.passed for c in checks)
+    checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in first.get_asset_check_evaluations()}
+    assert checks == {**{(f"curated/{t.name}", "current_agrees_with_history"): True for t in SOURCE_TABLES},
+                      **{(f"iceberg/{t.name}", "matches_delta"): True for t in SOURCE_TABLES}}
 
     for table in SOURCE_TABLES:
         names = [c.name for c in table.columns]
@@ -61,6 +66,9 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
         assert metadata["rows_inserted"] == len(expected_current)  # a fresh table: every live row is new
         history_metadata = _materialization(first, curated_history_key(table))
         assert history_metadata["dagster/row_count"] >= len(expected_history)  # delete rows come on top
+        mirrored = pl.from_arrow(iceberg.catalog().load_table(f"curated.{table.name}").scan().to_arrow())
+        assert mirrored.select(names).sort(list(table.primary_key)).to_dicts() == expected_current, table.name
+        assert _materialization(first, iceberg_key(table))["dagster/row_count"] == len(expected_current)
 
     loans = pl.read_delta(f"{tmp_path}/curated/loans")
     assert loans["servicer_notes"].str.contains("__debezium_unavailable_value").sum() == 0

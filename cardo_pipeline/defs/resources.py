@@ -46,14 +46,42 @@ class LakeResource(dg.ConfigurableResource):
         return "/".join([base.rstrip("/"), *key_path])
 
 
+class IcebergResource(dg.ConfigurableResource):
+    """The Iceberg catalog the curated tables are mirrored into: pyiceberg's SQL catalog on SQLite locally; any
+    pyiceberg catalog type (rest, glue, hive, sql on Postgres...) by configuration."""
+
+    namespace: str = "curated"
+    catalog_type: str = "sql"
+    catalog_uri: str | None = None  # None: the local SQLite catalog, $CARDO_HOME/iceberg/catalog.db
+    warehouse: str | None = None  # None: $CARDO_HOME/iceberg/warehouse
+    extra_properties: dict[str, str] | None = None  # anything else the catalog type needs (credentials, ...)
+
+    def catalog(self):
+        from cardo_pipeline.mirror.iceberg import open_catalog, sql_catalog
+
+        settings = CardoSettings.from_env()
+        if self.catalog_type == "sql" and not self.extra_properties:
+            return sql_catalog(self.catalog_uri or settings.iceberg_catalog_uri,
+                               self.warehouse or settings.home / "iceberg" / "warehouse")
+        properties = {"type": self.catalog_type, **(self.extra_properties or {})}
+        properties |= {k: v for k, v in (("uri", self.catalog_uri), ("warehouse", self.warehouse)) if v}
+        return open_catalog(properties)
+
+    def identifier(self, table: str) -> str:
+        return f"{self.namespace}.{table}"
+
+
 def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
-        return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource()}
+        return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
+                "iceberg": IcebergResource()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
             "servicing_db": ServicingDatabase(dsn=dg.EnvVar("CARDO_SERVICING_DSN")),
             "lake": LakeResource(root=dg.EnvVar("CARDO_LAKE_ROOT")),
+            "iceberg": IcebergResource(catalog_type="rest", catalog_uri=dg.EnvVar("CARDO_ICEBERG_CATALOG_URI"),
+                                       warehouse=dg.EnvVar("CARDO_ICEBERG_WAREHOUSE")),
         }
     raise ValueError(f"CARDO_ENV must be 'local' or 'k8s', got {environment!r}")
 

@@ -1,0 +1,1 @@
+"""The Iceberg mirror of the curated current state."""

@@ -1,0 +1,1 @@
+"""Mirrors of the curated tables in other table formats (Apache Iceberg)."""
