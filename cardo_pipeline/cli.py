@@ -63,8 +63,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cardo_pipeline.curate.storage import CuratedLocations, CuratedStore
+    from cardo_pipeline.curate.storage import CuratedLocations, CuratedStore, current_schema
     from cardo_pipeline.ingest.replay import replay_file
+    from cardo_pipeline.mirror.iceberg import IcebergMirror, sql_catalog
     from cardo_pipeline.tables import SOURCE_TABLES
 
     path = Path(args.file)
@@ -72,14 +73,22 @@ def _replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"FILE {path} does not exist")
     lake = Path(args.lake) if args.lake else CardoSettings.from_env().lake_dir
     report = replay_file(path, lake)
-    curated = {}
-    for table in SOURCE_TABLES:  # all the way to curated, as the assets would
-        applied = CuratedStore(table, CuratedLocations.in_lake(str(lake), table)).apply()
-        if applied.raw_version is not None:
-            curated[table.name] = {"events_applied": applied.events, "raw_version": applied.raw_version,
-                                   "inserted": applied.inserted, "updated": applied.updated,
-                                   "deleted": applied.deleted}
-    print(json.dumps({"file": str(path), "lake": str(lake), **report.__dict__, "curated": curated}))
+    # All the way to curated and Iceberg, as the assets would; the Iceberg catalog lives beside the lake's tables.
+    catalog = sql_catalog(f"sqlite:///{lake.absolute()}/iceberg/catalog.db", lake / "iceberg" / "warehouse")
+    curated, iceberg = {}, {}
+    for table in SOURCE_TABLES:
+        locations = CuratedLocations.in_lake(str(lake), table)
+        applied = CuratedStore(table, locations).apply()
+        if applied.raw_version is None:
+            continue
+        curated[table.name] = {"events_applied": applied.events, "raw_version": applied.raw_version,
+                               "inserted": applied.inserted, "updated": applied.updated, "deleted": applied.deleted}
+        mirrored = IcebergMirror(catalog, f"curated.{table.name}", locations.current, table,
+                                 current_schema(table)).sync()
+        iceberg[table.name] = {"table": mirrored.identifier, "rows": mirrored.rows,
+                               "delta_version": mirrored.delta_version, "keys_changed": mirrored.keys_changed}
+    print(json.dumps({"file": str(path), "lake": str(lake), **report.__dict__, "curated": curated,
+                      "iceberg": iceberg}))
     return 0
 
 
@@ -144,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true")
     sim.set_defaults(func=_simulate)
 
-    replay = sub.add_parser("replay", help="land a file of Debezium messages (one value per line) in the lake")
+    replay = sub.add_parser(
+        "replay", help="apply a file of Debezium messages (one value per line) to the raw, curated and Iceberg tables")
     replay.add_argument("file")
     replay.add_argument("--lake", help="lake folder (default: $CARDO_HOME/lake)")
     replay.set_defaults(func=_replay)

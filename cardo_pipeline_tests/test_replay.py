@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
+from cardo_pipeline.mirror.iceberg import sql_catalog
 from cardo_pipeline.simulator import simulate
-from cardo_pipeline.tables import SOURCE_TABLES
+from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.raw_helpers import read_table
 
@@ -42,6 +43,9 @@ def _dump(path: Path) -> Counter:
     return per_table
 
 
+LOANS = TABLES_BY_NAME["loans"]
+
+
 def _replay(path: Path, lake: Path) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "cardo_pipeline.cli", "replay", str(path), "--lake", str(lake)],
@@ -67,6 +71,11 @@ def test_replay_lands_each_line_once_and_dead_letters_bad_lines(tmp_path: Path) 
         assert pl.read_delta(f"{tmp_path}/lake/curated/{table.name}").select(names).sort(key).to_dicts() == \
             expected_current
         assert report["curated"][table.name]["events_applied"] == per_table[table.name]
+        assert report["iceberg"][table.name]["rows"] == len(expected_current)
+    catalog = sql_catalog(f"sqlite:///{tmp_path}/lake/iceberg/catalog.db", tmp_path / "lake" / "iceberg" / "warehouse")
+    loans = pl.from_arrow(catalog.load_table("curated.loans").scan().to_arrow())
+    assert loans.select([c.name for c in LOANS.columns]).sort("loan_id").to_dicts() == \
+        replay(read_table(f"{tmp_path}/lake/raw/loans").to_pylist(), LOANS)[0]
 
     again = _replay(dump, tmp_path / "lake")
     assert again["landed"] == {} and again["dead_lettered"] == 0
