@@ -13,6 +13,7 @@ import dagster as dg
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
+from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
 from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
@@ -50,5 +51,6 @@ def defs() -> dg.Definitions:
         raw,
         curated,
         ICEBERG_DEFS,
-        dg.Definitions(jobs=[everything], resources=current_resources()),
+        dg.Definitions(jobs=[everything, table_maintenance], schedules=[TABLE_MAINTENANCE_SCHEDULE],
+                       resources=current_resources()),
     )

@@ -1,0 +1,1 @@
+"""Scheduled table maintenance (compaction, vacuum, snapshot expiry)."""
