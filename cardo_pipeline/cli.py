@@ -119,6 +119,10 @@ def _bench(args: argparse.Namespace) -> int:
         log = (lambda _: None) if args.json else print
         result = bench_ingest(args.events, seed=args.seed, log=log, workers=args.workers,
                               **({"batch": args.batch} if args.batch else {}))
+    elif args.workload == "apply":
+        from cardo_pipeline.bench.apply import bench_apply
+
+        result = bench_apply(args.rows, args.changes, seed=args.seed, log=(lambda _: None) if args.json else print)
     else:
         from cardo_pipeline.bench.decode import bench_decode
 
@@ -167,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
-    bench.add_argument("workload", choices=["ingest", "decode"])
+    bench.add_argument("workload", choices=["ingest", "decode", "apply"])
+    bench.add_argument("--rows", type=int, default=10_000_000, help="apply: loans in the curated table")
+    bench.add_argument("--changes", type=int, default=200_000, help="apply: change events applied")
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--batch", type=int, help="messages per raw commit (default 10,000)")

@@ -4,7 +4,7 @@ A generated source history is valid Debezium output for one small table: inserts
 column unchanged), deletes followed by Kafka tombstones, re-inserts, primary-key changes (delete + insert at one
 LSN), snapshot reads and truncates. LSNs grow in source order and offsets grow per partition. Its delivery then
 duplicates some events, shuffles everything and cuts it into batches anywhere. Whatever the delivery, the current
-and history rows must equal what `curate_oracle.replay` gives for the events, re-applying a batch must change
+and history rows must equal what `curate.oracle.replay` gives for the events, re-applying a batch must change
 nothing, and the order of the batches must not matter.
 """
 
@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from cardo_pipeline.cdc.arrow_types import raw_arrow_schema
 from cardo_pipeline.curate.apply import CuratedTables, apply_changes, current_rows, history_rows
+from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.tables import Column, SourceTable
-from cardo_pipeline_tests.curate_oracle import replay
 
 THINGS = SourceTable(
     name="things",

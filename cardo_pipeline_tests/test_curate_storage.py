@@ -11,9 +11,9 @@ from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID, CuratedLocations, CuratedStore
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.test_curate_properties import PROPERTIES, THINGS, Delivery, arrow, deliveries
 
 NAMES = [c.name for c in THINGS.columns]

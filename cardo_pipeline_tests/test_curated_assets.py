@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
@@ -17,7 +18,6 @@ from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS, iceberg_key
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.resources import IcebergResource, KafkaResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES
-from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.raw_helpers import fresh_prefix, produce_book, read_table
 
 pytestmark = pytest.mark.stack

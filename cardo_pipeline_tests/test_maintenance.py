@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from deltalake import DeltaTable
 
+from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.defs.maintenance.jobs import table_maintenance
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES
-from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.test_curate_properties import THINGS, Source
 from cardo_pipeline_tests.test_curate_storage import curated_rows
 from cardo_pipeline_tests.test_iceberg_mirror import Lake, delta_rows, iceberg_rows

@@ -11,10 +11,10 @@ from pathlib import Path
 import polars as pl
 
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
+from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.mirror.iceberg import sql_catalog
 from cardo_pipeline.simulator import simulate
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
-from cardo_pipeline_tests.curate_oracle import replay
 from cardo_pipeline_tests.raw_helpers import read_table
 
 
