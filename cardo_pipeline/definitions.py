@@ -12,6 +12,7 @@ import dagster as dg
 
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
+from cardo_pipeline.defs.groups import CURATED, ICEBERG
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
@@ -45,7 +46,14 @@ def defs() -> dg.Definitions:
         asset_checks=RAW_CHECKS,
         sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds())],
     )
-    curated = dg.Definitions(assets=CURATED_ASSETS, asset_checks=CURATED_CHECKS)
+    # Curated and Iceberg follow raw by their eager conditions; their sensor is on from the start (Dagster's
+    # default automation sensor starts stopped) and ticks as often as the Kafka sensor.
+    downstream = dg.AutomationConditionSensorDefinition(
+        "curated_follows_raw", target=dg.AssetSelection.groups(CURATED, ICEBERG),
+        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval_seconds(),
+        description="Applies new raw rows to the curated tables, then mirrors them into Iceberg.",
+    )
+    curated = dg.Definitions(assets=CURATED_ASSETS, asset_checks=CURATED_CHECKS, sensors=[downstream])
     return dg.Definitions.merge(
         topics.defs,
         raw,

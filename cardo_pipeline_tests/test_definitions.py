@@ -44,6 +44,17 @@ def test_demo_job_selects_every_executable_asset(definitions: dg.Definitions) ->
     assert set(job.asset_layer.selected_asset_keys) == executable
 
 
+def test_curated_and_iceberg_follow_raw_through_a_sensor_that_starts_running(definitions: dg.Definitions) -> None:
+    sensor = definitions.resolve_sensor_def("curated_follows_raw")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    targeted = sensor.asset_selection.resolve(definitions.resolve_asset_graph())
+    expected = {k for k in definitions.resolve_asset_graph().get_all_asset_keys()
+                if k.path[0] in ("curated", "iceberg")}
+    assert targeted == expected and len(expected) == 3 * len(SOURCE_TABLES)
+    for key in expected:
+        assert definitions.resolve_assets_def(key).automation_conditions_by_key[key] is not None
+
+
 def test_resources_are_chosen_per_environment_with_the_same_keys() -> None:
     assert resources_for("local").keys() == resources_for("k8s").keys()
     with pytest.raises(ValueError, match="CARDO_ENV"):
