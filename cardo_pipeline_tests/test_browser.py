@@ -27,7 +27,7 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1400,900",
+    "--window-size=2400,2400",  # the asset graph renders only the nodes in view: room for a whole group
     "--virtual-time-budget=20000",  # let the React app fetch the graph over GraphQL before we read the page
 ]
 
