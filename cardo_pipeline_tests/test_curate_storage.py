@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID, CuratedLocations, CuratedStore
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline_tests.test_curate_properties import PROPERTIES, THINGS, Delivery, arrow, deliveries
+from cardo_pipeline_tests.test_curate_properties import PROPERTIES, THINGS, Delivery, Source, arrow, deliveries
 
 NAMES = [c.name for c in THINGS.columns]
 VERSION_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
@@ -62,15 +62,19 @@ def test_curated_delta_tables_end_where_the_oracle_does(delivery: Delivery, data
         assert table.load_cdf(starting_version=table.version()).read_all().num_rows == 0
 
 
-def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
-    from cardo_pipeline_tests.test_curate_properties import Source
-
+def two_inserts_then_an_update_and_a_delete() -> tuple[Source, list[dict]]:
+    """Rows 1 and 2 inserted (the first batch, returned), then row 1 updated and row 2 deleted."""
     source = Source()
     source.insert(1, name="a", amount=None, notes="n1")
     source.insert(2, name="b", amount=None, notes=None)
     first = list(source.events)
     source.update(1, name="a2")
     source.delete(2)
+    return source, first
+
+
+def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
+    source, first = two_inserts_then_an_update_and_a_delete()
     rest = source.events[len(first):]
     _, store = land_and_apply(Delivery(source.events, [first, rest]), str(tmp_path), [True, True])
     current = DeltaTable(store.locations.current)
@@ -81,14 +85,7 @@ def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
 
 
 def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, monkeypatch) -> None:
-    from cardo_pipeline_tests.test_curate_properties import Source
-
-    source = Source()
-    source.insert(1, name="a", amount=None, notes="n1")
-    source.insert(2, name="b", amount=None, notes=None)
-    first = list(source.events)
-    source.update(1, name="a2")
-    source.delete(2)
+    source, first = two_inserts_then_an_update_and_a_delete()
     source.insert(3, name="c", amount=None, notes=None)
     rest = source.events[len(first):]
     raw, store = land_and_apply(Delivery(first, [first]), str(tmp_path), [True])

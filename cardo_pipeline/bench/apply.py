@@ -217,17 +217,16 @@ def change_events(rows: int, changes: int, seed: int, naive_uri: str) -> pa.Tabl
 def _raw_table(records: list[dict]) -> pa.Table:
     schema = raw_arrow_schema(LOANS)
     now = datetime.now(UTC)
-    book_types = current_schema(LOANS)
     for record in records:
         for image in ("before", "after"):
             if record[image] is not None:
-                record[image] = _typed_image(record[image], book_types)
+                record[image] = _typed_image(record[image])
         record.update(source_ts=now, source_table="loans", topic=TOPIC, partition=0, kafka_timestamp=now,
                       ingested_at=now)
     return pa.Table.from_pylist(records, schema=schema)
 
 
-def _typed_image(image: dict, types: pa.Schema) -> dict:
+def _typed_image(image: dict) -> dict:
     from decimal import Decimal
 
     out = dict(image)
@@ -260,9 +259,13 @@ def naive_merge(naive_uri: str, events: pa.Table) -> None:
      .execute())
 
 
-def verify(locations: CuratedLocations, initial: pa.Table, events: pa.Table, rows: int) -> bool:
+def touched_keys(events: pa.Table) -> np.ndarray:
+    return np.array(sorted({json.loads(k)["loan_id"] for k in events["key"].to_pylist()}), np.int64)
+
+
+def verify(locations: CuratedLocations, initial: pa.Table, events: pa.Table, touched: np.ndarray,
+           rows: int) -> bool:
     """Touched keys: equal to the oracle's replay of their initial rows and events. The rest: still there."""
-    touched = np.array(sorted({json.loads(k)["loan_id"] for k in events["key"].to_pylist()}), np.int64)
     snapshot = [{"op": "r", "key": json.dumps({"loan_id": r["loan_id"]}), "before": None, "after": r,
                  "unchanged_toast": [], "source_lsn": r["loan_id"] * 10, "source_tx_id": 0, "snapshot": "true",
                  "offset": i, "partition": 0, "topic": "bench.snapshot", "source_ts": r["updated_at"]}
@@ -282,7 +285,7 @@ def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:
             locations, naive = build_book(lake, rows, seed)
             log(f"generating {changes:,} change events")
             events = change_events(rows, changes, seed, naive)
-            touched = np.array(sorted({json.loads(k)["loan_id"] for k in events["key"].to_pylist()}), np.int64)
+            touched = touched_keys(events)
             initial = _book_rows(naive, touched).to_arrow().cast(pa.schema(DeltaTable(naive).schema().to_arrow()))
             raw = OffsetTrackedTable(locations.raw)
             for start in range(0, events.num_rows, RAW_BATCH):
@@ -304,7 +307,7 @@ def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:
             started = time.perf_counter()
             naive_merge(naive, events)
             naive_seconds = time.perf_counter() - started
-            verified = report.events == events.num_rows and verify(locations, initial, events, rows)
+            verified = report.events == events.num_rows and verify(locations, initial, events, touched, rows)
         return {
             "benchmark": "apply", "rows": rows, "changes": events.num_rows,
             "apply_events_per_s": round(events.num_rows / apply_seconds),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from cardo_pipeline.curate.apply import LSN, OFFSET
+from cardo_pipeline.curate.key_diff import diff_by_key
 from cardo_pipeline.curate.storage import CuratedLocations
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SourceTable
@@ -41,17 +42,11 @@ def compare_current_with_history(table: SourceTable, locations: CuratedLocations
     expected = history.filter(pl.col("is_current") & ~pl.col("is_deleted")).select(
         *names, pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET))
     actual = current.select(*names, LSN, OFFSET)
-    result = Agreement(compared=actual.height)
     duplicates = actual.group_by(key).len().filter(pl.col("len") > 1)
-    result.duplicate_keys = duplicates.height
-    only_current = actual.join(expected, on=key, how="anti")
-    only_history = expected.join(actual, on=key, how="anti")
-    result.only_in_current, result.only_in_history = only_current.height, only_history.height
-    both = actual.join(expected, on=key, how="inner", suffix="__history")
-    columns = [c for c in actual.columns if c not in key]
-    differing = both.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__history")) for c in columns))
-    result.differing = differing.height
-    for kind, frame in (("duplicate key", duplicates.select(key)), ("only in current", only_current.select(key)),
-                        ("only in history", only_history.select(key)), ("values differ", differing.select(key))):
-        result.samples += [{"problem": kind, **row} for row in frame.head(sample_size).to_dicts()]
-    return result
+    diff = diff_by_key(actual, expected, key)
+    return Agreement(
+        compared=actual.height, only_in_current=diff.only_left.height, only_in_history=diff.only_right.height,
+        differing=diff.differing.height, duplicate_keys=duplicates.height,
+        samples=[{"problem": "duplicate key", **row} for row in duplicates.select(key).head(sample_size).to_dicts()]
+        + diff.samples("only in current", "only in history", "values differ", sample_size),
+    )

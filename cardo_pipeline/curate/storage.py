@@ -106,8 +106,9 @@ def _ensure(uri: str, schema: pa.Schema, configuration: dict[str, str] | None) -
     return table
 
 
-def _applied(table: DeltaTable) -> int | None:
-    return table.transaction_version(RAW_VERSION_APP_ID)
+def _lowest_applied(*tables: DeltaTable | None) -> int | None:
+    versions = [None if t is None else t.transaction_version(RAW_VERSION_APP_ID) for t in tables]
+    return None if None in versions else min(v for v in versions if v is not None)
 
 
 def _plain(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -158,9 +159,7 @@ class CuratedStore:
 
     def applied_raw_version(self) -> int | None:
         """The last raw version both tables hold (the lower one: a crash between the commits is repaired)."""
-        tables = [load_table(self.locations.current), load_table(self.locations.history)]
-        versions = [None if t is None else _applied(t) for t in tables]
-        return None if None in versions else min(v for v in versions if v is not None)
+        return _lowest_applied(load_table(self.locations.current), load_table(self.locations.history))
 
     def truncates(self) -> list[tuple[int, int]]:
         stored = load_table(self.locations.truncates)
@@ -172,34 +171,36 @@ class CuratedStore:
     def apply(self, *, max_batch_events: int = DEFAULT_BATCH_EVENTS, log=lambda message: None) -> ApplyReport:
         started = time.monotonic()
         raw = load_table(self.locations.raw)
-        before = self.applied_raw_version()
-        report = ApplyReport(self.table.name, before, before)
         if raw is None:
-            return report
+            before = self.applied_raw_version()
+            return ApplyReport(self.table.name, before, before)
         current, history = self.tables()
+        before = _lowest_applied(current, history)
+        report = ApplyReport(self.table.name, before, before, truncates=self.truncates())
         for rows, version in raw_increments(raw, before, max_batch_events):
             self._apply_batch(rows, version, current, history, report)
             log(f"{self.table.name}: raw up to version {version}: {rows.num_rows} events, "
                 f"{report.keys_touched} keys touched so far")
         report.current_version, report.history_version = current.version(), history.version()
-        report.truncates = self.truncates()
         report.seconds = time.monotonic() - started
         return report
 
     def _apply_batch(self, raw_rows: pa.Table, raw_version: int, current: DeltaTable, history: DeltaTable,
                      report: ApplyReport) -> None:
         changes, new_truncates = changes_from_raw(raw_rows, self.table)
-        known = self.truncates()
+        known = report.truncates  # read once per run, kept up to date here
         added = sorted(set(new_truncates) - set(known))
         if added:  # stored first: idempotent, and a batch that fails after it applies it again
             write_deltalake(self.locations.truncates, pa.table(
                 {"lsn": [lsn for lsn, _ in added], "offset": [offset for _, offset in added]},
                 schema=TRUNCATES_SCHEMA), mode="append")
-        truncates = sorted(set(known) | set(added))
-        touched = changes.select(self.key).unique()
+        truncates = report.truncates = sorted(set(known) | set(added))
         if added:  # a truncate ends versions of keys the batch does not touch: every key is folded again
-            touched = pl.concat([touched, self._history_rows(history, None).select(self.key)]).unique()
-        old_history = self._history_rows(history, touched)
+            old_history = self._history_rows(history, None)
+            touched = pl.concat([changes.select(self.key), old_history.select(self.key)]).unique()
+        else:
+            touched = changes.select(self.key).unique()
+            old_history = self._history_rows(history, touched)
         log = fold_changes(log_from_history(old_history, self.table), changes, self.table, truncates)
         new_history = history_frame(log, truncates, self.table)
         new_current = current_frame(log, truncates, self.table).select(current_schema(self.table).names)

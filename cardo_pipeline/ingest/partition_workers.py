@@ -120,15 +120,14 @@ def ingest_topics(bootstrap: str, jobs: list[TopicIngest], *, workers: int | Non
     started = time.monotonic()
     workers = default_workers() if workers is None else workers
     ends = end_offsets(bootstrap, [job.topic for job in jobs])
-    start = {job.topic: OffsetTrackedTable(job.raw_uri).next_offsets(job.topic, sorted(ends[job.topic]))
-             for job in jobs}
-    backlog = {(topic, partition): end - start[topic][partition]
-               for topic, topic_ends in ((job.topic, ends[job.topic]) for job in jobs)
-               for partition, end in topic_ends.items() if end > start[topic][partition]}
+    raws = {job.topic: OffsetTrackedTable(job.raw_uri) for job in jobs}
+    start = {job.topic: raws[job.topic].next_offsets(job.topic, sorted(ends[job.topic])) for job in jobs}
+    backlog = {(job.topic, partition): end - start[job.topic][partition]
+               for job in jobs for partition, end in ends[job.topic].items() if end > start[job.topic][partition]}
     parallel = workers > 1 and len(backlog) > 1 and sum(backlog.values()) >= PARALLEL_MIN_BACKLOG
     if not parallel:
         reports = {
-            job.topic: ingest_topic(bootstrap, job.table, job.topic, OffsetTrackedTable(job.raw_uri),
+            job.topic: ingest_topic(bootstrap, job.table, job.topic, raws[job.topic],
                                     OffsetTrackedTable(job.dead_letter_uri), target_end=ends[job.topic],
                                     max_batch_messages=max_batch_messages, log=log)
             for job in jobs
@@ -140,16 +139,20 @@ def ingest_topics(bootstrap: str, jobs: list[TopicIngest], *, workers: int | Non
     by_topic = {job.topic: job for job in jobs}
     todo = sorted(backlog, key=lambda unit: -backlog[unit])  # largest first: the pool ends together
     pool = [_Worker() for _ in range(min(workers, len(todo)))]  # they start while the tables are prepared
+
+    def give_next(worker: _Worker) -> None:
+        topic, partition = todo.pop(0)
+        worker.give(by_topic[topic], partition, ends[topic][partition], bootstrap, max_batch_messages)
+
     try:
         for job in jobs:
-            OffsetTrackedTable(job.raw_uri).ensure_exists(raw_arrow_schema(job.table))
+            raws[job.topic].ensure_exists(raw_arrow_schema(job.table))
         for uri in {job.dead_letter_uri for job in jobs}:
             OffsetTrackedTable(uri).ensure_exists(DEAD_LETTER_SCHEMA)
         by_pipe = {worker.process.stdout: worker for worker in pool}
         with selectors.DefaultSelector() as waiting:
             for worker in pool:
-                topic, partition = todo.pop(0)
-                worker.give(by_topic[topic], partition, ends[topic][partition], bootstrap, max_batch_messages)
+                give_next(worker)
                 waiting.register(worker.process.stdout, selectors.EVENT_READ)
             while waiting.get_map():
                 for key, _ in waiting.select():
@@ -160,9 +163,7 @@ def ingest_topics(bootstrap: str, jobs: list[TopicIngest], *, workers: int | Non
                     log(f"{topic} partition {partition}: {report.consumed} consumed, {report.dead_lettered} "
                         f"dead-lettered in {report.seconds:.1f} s (worker {worker.process.pid})")
                     if todo:
-                        topic, partition = todo.pop(0)
-                        worker.give(by_topic[topic], partition, ends[topic][partition], bootstrap,
-                                    max_batch_messages)
+                        give_next(worker)
                     else:
                         waiting.unregister(key.fileobj)
                         worker.stop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import polars as pl
 from deltalake import DeltaTable
 
+from cardo_pipeline.curate.key_diff import diff_by_key
 from cardo_pipeline.mirror.iceberg import IcebergMirror
 
 
@@ -37,14 +38,8 @@ def compare_mirror(mirror: IcebergMirror, sample_size: int = 5) -> MirrorCompari
     mirrored = pl.from_arrow(iceberg.scan().to_arrow().cast(mirror.schema))
     assert isinstance(delta, pl.DataFrame) and isinstance(mirrored, pl.DataFrame)
     result.delta_rows, result.iceberg_rows = delta.height, mirrored.height
-    key = mirror.key
-    only_delta = delta.join(mirrored, on=key, how="anti", nulls_equal=True)
-    only_iceberg = mirrored.join(delta, on=key, how="anti", nulls_equal=True)
-    columns = [c for c in delta.columns if c not in key]
-    both = delta.join(mirrored, on=key, how="inner", suffix="__iceberg")
-    differing = both.filter(pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__iceberg")) for c in columns))
-    result.only_in_delta, result.only_in_iceberg, result.differing = only_delta.height, only_iceberg.height, \
-        differing.height
-    for kind, frame in (("only in delta", only_delta), ("only in iceberg", only_iceberg), ("differs", differing)):
-        result.samples += [{"problem": kind, **row} for row in frame.select(key).head(sample_size).to_dicts()]
+    diff = diff_by_key(delta, mirrored, mirror.key)
+    result.only_in_delta, result.only_in_iceberg = diff.only_left.height, diff.only_right.height
+    result.differing = diff.differing.height
+    result.samples = diff.samples("only in delta", "only in iceberg", "differs", sample_size)
     return result

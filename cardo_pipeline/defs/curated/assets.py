@@ -36,32 +36,27 @@ def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
     key = ", ".join(table.primary_key)
     current, history = curated_key(table), curated_history_key(table)
 
+    def spec(asset_key: dg.AssetKey, description: str) -> dg.AssetSpec:
+        return dg.AssetSpec(
+            asset_key, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"}, description=description,
+            metadata={"primary_key": key}, tags={"cardo/layer": "curated"},
+            automation_condition=dg.AutomationCondition.eager(),
+        )
+
     @dg.multi_asset(
         name=f"curated_{table.name}",
         specs=[
-            dg.AssetSpec(
-                current, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"},
-                description=(
-                    f"Current state of `{table.name}`: one row per live {key}, the event with the highest sequence "
-                    "(LSN, then offset) whatever the arrival order; deletes and truncates remove rows, late events "
-                    "cannot bring them back; `_cardo_lsn`, `_cardo_offset`, `_cardo_source_ts` tell which event "
-                    "wrote the row. Change data feed on."
-                ),
-                metadata={"primary_key": key},
-                tags={"cardo/layer": "curated"},
-                automation_condition=dg.AutomationCondition.eager(),
-            ),
-            dg.AssetSpec(
-                history, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"},
-                description=(
-                    f"SCD2 history of `{table.name}`: every version with valid_from / valid_to (sequence and source "
-                    "commit time) and is_current; a delete is a row of its own with is_deleted (dbt's convention), "
-                    "kept as the tombstone that stops late events. Change data feed on."
-                ),
-                metadata={"primary_key": key},
-                tags={"cardo/layer": "curated"},
-                automation_condition=dg.AutomationCondition.eager(),
-            ),
+            spec(current, (
+                f"Current state of `{table.name}`: one row per live {key}, the event with the highest sequence "
+                "(LSN, then offset) whatever the arrival order; deletes and truncates remove rows, late events "
+                "cannot bring them back; `_cardo_lsn`, `_cardo_offset`, `_cardo_source_ts` tell which event "
+                "wrote the row. Change data feed on."
+            )),
+            spec(history, (
+                f"SCD2 history of `{table.name}`: every version with valid_from / valid_to (sequence and source "
+                "commit time) and is_current; a delete is a row of its own with is_deleted (dbt's convention), "
+                "kept as the tombstone that stops late events. Change data feed on."
+            )),
         ],
         can_subset=False,  # one apply writes both, each in its own commit with the raw version applied
     )
