@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
     ingest.add_argument("--batch", type=int, help="messages per batch, one Delta commit each (default 10,000)")
     ingest.add_argument("--workers", type=int,
-                        help="worker processes for a backlog of 100k messages or more (default: one per core)")
+                        help="worker processes for a backlog of 100k messages or more (default: one more than the cores)")
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--batch", type=int, help="messages per raw commit (default 10,000)")
-    bench.add_argument("--workers", type=int, help="ingest worker processes (default: one per core)")
+    bench.add_argument("--workers", type=int, help="ingest worker processes (default: one more than the cores)")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(func=_bench)
 

@@ -4,7 +4,8 @@ consume-only throughput (poll and discard) and the full ingest into raw Delta, o
 Events are produced by a child process and consume-only runs in another, so the peak RSS reported is the
 ingest's own (consume-only's is reported beside it). The ingest is the one the raw assets run
 (`ingest_topics`): with a backlog this large its partitions go to worker processes, so `peak_rss_mb` is the
-peak of this process and its workers together, sampled (`PeakTreeRss`).
+peak of this process and its workers together, sampled, shared library pages counted once (`PeakTreeRss`;
+`peak_rss_sum_mb` counts them once per process).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
         "consume_only_events_per_s": round(consume_rate),
         "ingest_events_per_s": round(ingest_rate),
         "ratio": round(ingest_rate / consume_rate, 3),
-        "peak_rss_mb": ingest_rss.mb,  # the ingest's processes together
+        "peak_rss_mb": ingest_rss.mb,  # the ingest's processes together, shared pages once (see PeakTreeRss)
+        "peak_rss_sum_mb": ingest_rss.rss_sum_mb,  # the same, each process's shared pages counted again
         "consume_only_peak_rss_mb": consume_rss_mb,
         "batch_messages": batch,
         "ingest_workers": result.workers,

@@ -3,6 +3,11 @@
 A single process's ru_maxrss says nothing about an ingest spread over worker processes, and adding up each
 process's own peak overstates it (they peak at different times). So the tree is sampled: its processes are
 listed every half second and their resident sizes read every 20 ms (Linux /proc).
+
+Two sums: `mb`, the memory the tree occupies, shared pages counted once (each process's proportional set size,
+Linux PSS: the libraries every worker maps, ~90 MB of pyarrow, delta-rs and librdkafka, are resident once);
+and `rss_sum_mb`, the plain sum of resident sizes, which counts those pages once per process. PSS is costly
+to read (the kernel walks the page tables), so it is read only when the cheap resident sum reaches a new peak.
 """
 
 from __future__ import annotations
@@ -46,12 +51,25 @@ def _resident_bytes(pid: int) -> int:
         return 0
 
 
+def _proportional_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return _resident_bytes(pid)  # no smaps_rollup (kernels before 4.14): the plain resident size
+
+
 class PeakTreeRss:
-    """`with PeakTreeRss() as peak: ...` then `peak.mb`: the largest sum seen while the block ran."""
+    """`with PeakTreeRss() as peak: ...` then `peak.mb` (shared pages once) and `peak.rss_sum_mb`: the largest
+    sums seen while the block ran."""
 
     def __init__(self, sample_s: float = 0.02, relist_s: float = 0.5):
         self.sample_s, self.relist_s = sample_s, relist_s
-        self.peak_bytes = 0
+        self.peak_bytes = 0  # proportional (PSS) sum
+        self.peak_rss_sum_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -59,12 +77,19 @@ class PeakTreeRss:
     def mb(self) -> int:
         return round(self.peak_bytes / 2**20)
 
+    @property
+    def rss_sum_mb(self) -> int:
+        return round(self.peak_rss_sum_bytes / 2**20)
+
     def _run(self) -> None:
         root, pids, listed = os.getpid(), [os.getpid()], 0.0
         while not self._stop.is_set():
             if time.monotonic() - listed > self.relist_s:
                 pids, listed = process_tree(root), time.monotonic()
-            self.peak_bytes = max(self.peak_bytes, sum(map(_resident_bytes, pids)))
+            resident = sum(map(_resident_bytes, pids))
+            if resident > self.peak_rss_sum_bytes:
+                self.peak_rss_sum_bytes = resident
+                self.peak_bytes = max(self.peak_bytes, sum(map(_proportional_bytes, pids)))
             self._stop.wait(self.sample_s)
 
     def __enter__(self) -> PeakTreeRss:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib.abc
 import json
 import os
 import resource
@@ -32,6 +33,16 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
+class WithoutPandas(importlib.abc.MetaPathFinder):
+    """pyarrow imports pandas the first time it converts a Python value, only to ask whether the value is a
+    pandas object; a worker never has one, and the import cost each worker ~0.5 s of CPU and ~35 MB."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"{name} is not loaded in a partition worker", name=name)
+        return None
+
+
 def run_job(job: dict) -> dict:
     report = ingest_topic(
         job["bootstrap"], TABLES_BY_NAME[job["table"]], job["topic"], OffsetTrackedTable(job["raw_uri"]),
@@ -44,6 +55,7 @@ def run_job(job: dict) -> dict:
 
 def main() -> None:
     die_with_parent()
+    sys.meta_path.insert(0, WithoutPandas())
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but answers on the answer channel
     for line in sys.stdin:

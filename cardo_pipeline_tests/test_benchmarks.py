@@ -1,0 +1,41 @@
+"""The benchmarks on small inputs: they run end to end on the real stack and report every field the issues ask
+for. Their speed targets are checked by running them at full size (see the closing notes), not here."""
+
+from __future__ import annotations
+
+import pytest
+
+from cardo_pipeline.bench.apply import bench_apply
+from cardo_pipeline.bench.ingest import bench_ingest
+from cardo_pipeline.ingest import partition_workers
+
+INGEST_FIELDS = {"events", "mean_message_bytes", "consume_only_events_per_s", "ingest_events_per_s", "ratio",
+                 "peak_rss_mb", "peak_rss_sum_mb"}
+APPLY_FIELDS = {"rows", "changes", "apply_events_per_s", "naive_events_per_s", "speedup", "iceberg_events_per_s",
+                "peak_rss_mb", "verified"}
+
+
+@pytest.fixture
+def on_test_stack(stack, test_env, monkeypatch):
+    for name, value in test_env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_bench_ingest_lands_every_produced_event(on_test_stack, monkeypatch):
+    monkeypatch.setattr(partition_workers, "PARALLEL_MIN_BACKLOG", 0)  # the worker pool, as at full size
+    result = bench_ingest(events=3000, workers=2, log=lambda _: None)
+    assert INGEST_FIELDS <= result.keys()
+    assert result["events"] > 2000 and result["mean_message_bytes"] > 1000  # Debezium JSON with schemas
+    assert result["ratio"] == pytest.approx(result["ingest_events_per_s"] / result["consume_only_events_per_s"],
+                                            abs=0.01)
+    # the tree of the ingest: this process and two workers, shared library pages once in peak_rss_mb only
+    assert result["ingest_workers"] == 2
+    assert 0 < result["peak_rss_mb"] < result["peak_rss_sum_mb"]
+
+
+def test_bench_apply_is_verified_against_the_oracle(tmp_path):
+    result = bench_apply(rows=5000, changes=1000, log=lambda _: None)
+    assert APPLY_FIELDS <= result.keys()
+    assert result["rows"] == 5000 and result["changes"] > 900
+    assert result["verified"] is True
+    assert result["speedup"] == pytest.approx(result["apply_events_per_s"] / result["naive_events_per_s"], rel=0.05)
