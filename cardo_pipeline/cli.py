@@ -123,6 +123,14 @@ def _bench(args: argparse.Namespace) -> int:
         from cardo_pipeline.bench.apply import bench_apply
 
         result = bench_apply(args.rows, args.changes, seed=args.seed, log=(lambda _: None) if args.json else print)
+    elif args.workload == "freshness":
+        from cardo_pipeline.bench.freshness import FreshnessError, bench_freshness
+
+        try:
+            result = bench_freshness(args.changes_committed, log=(lambda _: None) if args.json else print)
+        except FreshnessError as exc:
+            print(f"cardo bench freshness: {exc}", file=sys.stderr)
+            return 1
     else:
         from cardo_pipeline.bench.decode import bench_decode
 
@@ -167,14 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--table", action="append", default=[], help="a source table (repeatable; default: all)")
     ingest.add_argument("--batch", type=int, help="messages per batch, one Delta commit each (default 10,000)")
     ingest.add_argument("--workers", type=int,
-                        help="worker processes for a backlog of 100k messages or more (default: one more than the cores)")
+                        help="worker processes for a backlog of 100k messages or more (default: cores + 1)")
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
-    bench.add_argument("workload", choices=["ingest", "decode", "apply"])
+    bench.add_argument("workload", choices=["ingest", "decode", "apply", "freshness"])
     bench.add_argument("--rows", type=int, default=10_000_000, help="apply: loans in the curated table")
     bench.add_argument("--changes", type=int, default=200_000, help="apply: change events applied")
     bench.add_argument("--events", type=int, default=1_000_000)
+    bench.add_argument("--changes-committed", type=int, default=20,
+                       help="freshness: single changes committed in Postgres, one after the other")
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--batch", type=int, help="messages per raw commit (default 10,000)")
     bench.add_argument("--workers", type=int, help="ingest worker processes (default: one more than the cores)")

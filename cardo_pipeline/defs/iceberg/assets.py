@@ -1,5 +1,11 @@
 """`iceberg/<table>`: the curated current state mirrored into Iceberg, one asset per registry table, with a
-blocking check that the mirror equals Delta after every run. Glue only: see `mirror.iceberg`."""
+blocking check that the mirror equals Delta after every run. Glue only: see `mirror.iceberg`.
+
+pyiceberg is imported when an Iceberg step runs, not when the code location loads: every run process loads the
+location, and pyiceberg is half a second of its start-up (the freshness of the curated tables waits for two
+run starts)."""
+
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -7,16 +13,19 @@ from cardo_pipeline.curate.storage import current_schema
 from cardo_pipeline.defs.curated.keys import curated_key
 from cardo_pipeline.defs.groups import ICEBERG
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
-from cardo_pipeline.mirror.compare import compare_mirror
-from cardo_pipeline.mirror.iceberg import IcebergMirror
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
+
+if TYPE_CHECKING:
+    from cardo_pipeline.mirror.iceberg import IcebergMirror
 
 
 def iceberg_key(table: SourceTable) -> dg.AssetKey:
     return dg.AssetKey(["iceberg", table.name])
 
 
-def mirror_for(table: SourceTable, iceberg: IcebergResource, lake: LakeResource) -> IcebergMirror:
+def mirror_for(table: SourceTable, iceberg: IcebergResource, lake: LakeResource) -> "IcebergMirror":
+    from cardo_pipeline.mirror.iceberg import IcebergMirror
+
     return IcebergMirror(iceberg.catalog(), iceberg.identifier(table.name), lake.location(*curated_key(table).path),
                          table, current_schema(table))
 
@@ -57,6 +66,8 @@ def build_iceberg_asset(table: SourceTable) -> dg.AssetsDefinition:
         description="The Iceberg table holds exactly the rows of the Delta version it says it mirrors.",
     )
     def matches_delta(iceberg: IcebergResource, lake: LakeResource) -> dg.AssetCheckResult:
+        from cardo_pipeline.mirror.compare import compare_mirror
+
         result = compare_mirror(mirror_for(table, iceberg, lake))
         return dg.AssetCheckResult(passed=result.passed, metadata={
             "delta_version": result.delta_version if result.delta_version is not None else -1,

@@ -2,7 +2,6 @@
 Iceberg snapshots. What it did is recorded as an observation on each asset, so the UI shows it beside the data."""
 
 import dagster as dg
-from pyiceberg.exceptions import NoSuchTableError
 
 from cardo_pipeline.curate.maintenance import (
     DEFAULT_RETENTION,
@@ -41,6 +40,8 @@ def maintain_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, l
                 "maintenance/files_compacted": report.files_compacted,
                 "maintenance/files_vacuumed": report.files_vacuumed, "delta_version": report.version,
             }))
+    from pyiceberg.exceptions import NoSuchTableError  # see defs/iceberg/assets.py: not at load time
+
     catalog = iceberg.catalog()
     for table in SOURCE_TABLES:
         try:

@@ -19,7 +19,7 @@ from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
 class RawIngestConfig(dg.Config):
     max_batch_messages: int = DEFAULT_BATCH_MESSAGES  # bounds memory: one batch is decoded and committed at a time
-    # Worker processes for a large backlog, one partition each (0: one more than the cores); small backlogs stay in-process.
+    # Worker processes for a large backlog, one partition each (0: cores + 1); small backlogs stay in-process.
     partition_workers: int = 0
 
 
