@@ -6,8 +6,6 @@ are read when the definitions are built, never at import.
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
@@ -20,20 +18,10 @@ from cardo_pipeline.defs.raw.checks import RAW_CHECKS
 from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
 from cardo_pipeline.defs.resources import current_resources
 from cardo_pipeline.defs.sources import topics
-from cardo_pipeline.settings import ConfigError
+from cardo_pipeline.settings import sensor_interval_seconds
 from cardo_pipeline.tables import SOURCE_TABLES
 
 DEMO_JOB = "materialize_everything"
-DEFAULT_SENSOR_INTERVAL_S = 5
-
-
-def sensor_interval_seconds() -> int:
-    # 5 s: a change reaches the curated tables in ~25 s at the 95th percentile (`cardo bench freshness`); a tick
-    # costs one end-offsets request and a look at each raw table's last commit.
-    raw = os.environ.get("CARDO_SENSOR_INTERVAL_SECONDS", str(DEFAULT_SENSOR_INTERVAL_S))
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"CARDO_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {raw!r}")
-    return int(raw)
 
 
 @dg.definitions

@@ -16,6 +16,18 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+DEFAULT_SENSOR_INTERVAL_S = 5
+
+
+def sensor_interval_seconds() -> int:
+    # 5 s: a change reaches the curated tables in ~25 s at the 95th percentile (`cardo bench freshness`); a tick
+    # costs one end-offsets request and a look at each raw table's last commit.
+    raw = os.environ.get("CARDO_SENSOR_INTERVAL_SECONDS", str(DEFAULT_SENSOR_INTERVAL_S))
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"CARDO_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {raw!r}")
+    return int(raw)
+
+
 def _port(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":

@@ -22,9 +22,8 @@ import numpy as np
 import psycopg
 import pyarrow.compute as pc
 
-from cardo_pipeline.definitions import sensor_interval_seconds
 from cardo_pipeline.ingest.delta_log import load_table
-from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.settings import CardoSettings, sensor_interval_seconds
 from cardo_pipeline.stack import Stack
 
 MARK = "cardo freshness"

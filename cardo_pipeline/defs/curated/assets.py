@@ -4,6 +4,7 @@ registry. Glue only: the apply is `curate.storage.CuratedStore`; the asset repor
 import dagster as dg
 
 from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, CuratedStore
+from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.groups import CURATED
 from cardo_pipeline.defs.raw.keys import raw_key
@@ -40,7 +41,7 @@ def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
         return dg.AssetSpec(
             asset_key, deps=[raw_key(table)], group_name=CURATED, kinds={"delta"}, description=description,
             metadata={"primary_key": key}, tags={"cardo/layer": "curated"},
-            automation_condition=dg.AutomationCondition.eager(),
+            automation_condition=follows_upstream(),
         )
 
     @dg.multi_asset(

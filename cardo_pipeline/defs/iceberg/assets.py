@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from cardo_pipeline.curate.storage import current_schema
+from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.curated.keys import curated_key
 from cardo_pipeline.defs.groups import ICEBERG
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
@@ -43,7 +44,7 @@ def build_iceberg_asset(table: SourceTable) -> dg.AssetsDefinition:
         ),
         metadata={"primary_key": ", ".join(table.primary_key)},
         tags={"cardo/layer": "iceberg"},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=follows_upstream(),
     )
     def iceberg_table(context: dg.AssetExecutionContext, iceberg: IcebergResource,
                       lake: LakeResource) -> dg.MaterializeResult:
