@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from cardo_pipeline.kafka_topics import end_offsets
-from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.settings import CardoSettings, ensure_dagster_home
 from cardo_pipeline.stack import Stack
 from cardo_pipeline.tables import SOURCE_TABLES
 
@@ -114,9 +114,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     dagster_home = Path(os.environ["DAGSTER_HOME"])
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists():
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    ensure_dagster_home(dagster_home)
     definitions = defs()
     job = definitions.resolve_implicit_global_asset_job_def()
     graph = definitions.resolve_asset_graph()

@@ -20,12 +20,19 @@ DEFAULT_SENSOR_INTERVAL_S = 5
 
 
 def sensor_interval_seconds() -> int:
-    # 5 s: a change reaches the curated tables in ~25 s at the 95th percentile (`cardo bench freshness`); a tick
+    # 5 s: a change reaches the curated tables in ~28 s at the 95th percentile (`cardo bench freshness`); a tick
     # costs one end-offsets request and a look at each raw table's last commit.
     raw = os.environ.get("CARDO_SENSOR_INTERVAL_SECONDS", str(DEFAULT_SENSOR_INTERVAL_S))
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"CARDO_SENSOR_INTERVAL_SECONDS must be a whole number of seconds >= 1, got {raw!r}")
     return int(raw)
+
+
+def ensure_dagster_home(dagster_home: Path) -> None:
+    """The instance directory, with a dagster.yaml that turns telemetry off (Dagster's defaults otherwise)."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

@@ -33,7 +33,7 @@ def test_bench_ingest_lands_every_produced_event(on_test_stack, monkeypatch):
     assert 0 < result["peak_rss_mb"] < result["peak_rss_sum_mb"]
 
 
-def test_bench_apply_is_verified_against_the_oracle(tmp_path):
+def test_bench_apply_is_verified_against_the_oracle():
     result = bench_apply(rows=5000, changes=1000, log=lambda _: None)
     assert result.keys() >= APPLY_FIELDS
     assert result["rows"] == 5000 and result["changes"] > 900

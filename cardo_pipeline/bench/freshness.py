@@ -23,7 +23,7 @@ import psycopg
 import pyarrow.compute as pc
 
 from cardo_pipeline.ingest.delta_log import load_table
-from cardo_pipeline.settings import CardoSettings, sensor_interval_seconds
+from cardo_pipeline.settings import CardoSettings, ensure_dagster_home, sensor_interval_seconds
 from cardo_pipeline.stack import Stack
 
 MARK = "cardo freshness"
@@ -55,24 +55,31 @@ def _daemon_running(dagster_home: Path) -> bool:
 
 def _start_daemon(settings: CardoSettings, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "DAGSTER_HOME": str(settings.dagster_home)}
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (settings.dagster_home / "dagster.yaml").exists():
-        (settings.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    ensure_dagster_home(settings.dagster_home)
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
         cwd=REPO_ROOT, env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT,
     )
 
 
-def _visible(curated_uri: str, pending: dict[int, str]) -> set[int]:
-    """The loans of `pending` whose curated row carries their marker."""
+def _visible(curated_uri: str, loan_id: int, marker: str) -> bool:
+    """Whether the loan's curated row carries the marker."""
     table = load_table(curated_uri)
     if table is None:
-        return set()
-    rows = table.to_pyarrow_dataset().to_table(
-        columns=["loan_id", "servicer_notes"], filter=pc.field("loan_id").isin(list(pending)))
-    return {loan for loan, notes in zip(rows["loan_id"].to_pylist(), rows["servicer_notes"].to_pylist(),
-                                        strict=True) if notes == pending.get(loan)}
+        return False
+    rows = table.to_pyarrow_dataset().to_table(columns=["servicer_notes"], filter=pc.field("loan_id") == loan_id)
+    return marker in rows["servicer_notes"].to_pylist()
+
+
+def _seconds_until_visible(curated_uri: str, loan_id: int, marker: str, timeout_s: float, poll_s: float,
+                           hint: str = "") -> float:
+    committed = time.monotonic()
+    while not _visible(curated_uri, loan_id, marker):
+        if time.monotonic() - committed > timeout_s:
+            raise FreshnessError(f"a change to loan {loan_id} was not visible in {curated_uri} after "
+                                 f"{timeout_s:.0f} s{hint}")
+        time.sleep(poll_s)
+    return time.monotonic() - committed
 
 
 def _commit_change(connection: psycopg.Connection, loan_id: int, marker: str) -> None:
@@ -118,12 +125,8 @@ def _measure(settings: CardoSettings, connection: psycopg.Connection, loans: lis
     warmup_loan, warmup = int(rng.choice(loans)), f"{MARK} {run} warm-up"
     _commit_change(connection, warmup_loan, warmup)
     log("warming up: waiting for a first change to reach curated/loans")
-    deadline = time.monotonic() + warmup_timeout_s
-    while not _visible(curated, {warmup_loan: warmup}):
-        if time.monotonic() > deadline:
-            raise FreshnessError(f"a change to loan {warmup_loan} did not reach {curated} in {warmup_timeout_s:.0f} s:"
-                                 " is the daemon running its sensors? (see the daemon log)")
-        time.sleep(0.5)
+    _seconds_until_visible(curated, warmup_loan, warmup, warmup_timeout_s, poll_s=0.5,
+                           hint=": is the daemon running its sensors? (see the daemon log)")
 
     latencies = []
     for i, loan in enumerate(int(x) for x in rng.choice([x for x in loans if x != warmup_loan], changes,
@@ -131,16 +134,11 @@ def _measure(settings: CardoSettings, connection: psycopg.Connection, loans: lis
         time.sleep(float(rng.uniform(0, pause_s)))  # a random phase against the sensors' ticks
         marker = f"{MARK} {run} {i}"
         _commit_change(connection, loan, marker)
-        committed = time.monotonic()
-        while not _visible(curated, {loan: marker}):
-            if time.monotonic() - committed > timeout_s:
-                raise FreshnessError(f"a change to loan {loan} was not visible in {curated} after {timeout_s:.0f} s")
-            time.sleep(0.1)
-        latencies.append(time.monotonic() - committed)
+        latencies.append(_seconds_until_visible(curated, loan, marker, timeout_s, poll_s=0.1))
         log(f"change {i + 1}/{changes} (loan {loan}): visible after {latencies[-1]:.1f} s")
     values = np.array(latencies)
     return {
-        "benchmark": "freshness", "changes": changes, 
+        "benchmark": "freshness", "changes": changes,
         "sensor_interval_s": sensor_interval_seconds(),  # as the daemon's code location reads it
         "daemon": "started by the benchmark" if own_daemon else "already running",
         "p50_s": round(float(np.percentile(values, 50)), 1), "p95_s": round(float(np.percentile(values, 95)), 1),
