@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cardo_pipeline.cdc.arrow_types import raw_arrow_schema
-from cardo_pipeline.cdc.decode import KafkaRecord, decode_batch
+from cardo_pipeline.cdc.decode import KafkaMessages, KafkaRecord, decode_batch
 from cardo_pipeline.cdc.encode import TOAST_OUT_OF_LINE_BYTES, EnvelopeEncoder
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME, Column, SourceTable
 
@@ -320,6 +320,56 @@ def test_garbage_never_raises_and_never_costs_a_valid_message(garbage, valid_pic
         expected = alone.rows.to_pylist()[0]
         row["after"] = {k: v for k, v in row["after"].items() if k in expected["after"]}
         assert row == expected
+
+
+class _ConsumedMessage(NamedTuple):
+    """What confluent-kafka's consume() hands the reader, as far as KafkaMessages reads it."""
+
+    record: KafkaRecord
+
+    def topic(self):
+        return self.record.topic
+
+    def partition(self):
+        return self.record.partition
+
+    def offset(self):
+        return self.record.offset
+
+    def key(self):
+        return self.record.key
+
+    def value(self):
+        return self.record.value
+
+    def timestamp(self):
+        return (1, self.record.timestamp_ms)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(st.tuples(st.none(), GARBAGE), st.sampled_from(VALID)), max_size=16),
+    st.lists(st.integers(1, 5), min_size=1, max_size=8),
+)
+def test_messages_held_without_heads_decode_as_the_records_do(mixed, chunk_sizes):
+    """The reader's batches hold values without their schema text (with the crate); records, rows and dead
+    letters (their original bytes) are the same as from the records as Kafka delivered them."""
+    records = [KafkaRecord("servicing.public.loans", 0, offset, k, v, 7) for offset, (k, v) in enumerate(mixed)]
+    messages, taken = KafkaMessages(), 0
+    for size in chunk_sizes * len(records):  # consume() calls of different sizes
+        if taken >= len(records):
+            break
+        messages.extend([_ConsumedMessage(r) for r in records[taken:taken + size]])
+        taken += size
+
+    assert list(messages) == records
+    from_messages = decode_batch(messages, TABLES_BY_NAME["loans"], ingested_at=INGESTED_AT)
+    from_records = decode_batch(records, TABLES_BY_NAME["loans"], ingested_at=INGESTED_AT)
+    assert from_messages.rows.equals(from_records.rows)
+    assert from_messages.dead_letters.equals(from_records.dead_letters)
+    assert from_messages.new_columns == from_records.new_columns
+    if messages.strip_heads and any(pair in VALID for pair in mixed):  # valid values are held without heads
+        assert sum(len(v or b"") for v in messages.values) < sum(len(r.value or b"") for r in records)
 
 
 @PROPERTY_SETTINGS

@@ -23,6 +23,10 @@ class ReadTarget:
     end: dict[int, int]
 
 
+# Messages per consume() call: they are held whole (a few kB each) only until the batch strips their heads.
+CONSUME_MESSAGES = 2_000
+
+
 def consumer_config(bootstrap: str) -> dict:
     return {
         "bootstrap.servers": bootstrap,
@@ -63,7 +67,8 @@ def read_batches(
                 # Never ask for more than is left: consume() waits out its timeout while it has fewer messages
                 # than asked for, which cost half a second at the end of every partition.
                 left = sum(end - position[p] for p, end in todo.items() if position[p] < end)
-                messages = consumer.consume(num_messages=min(10_000, max_messages - len(batch), left), timeout=0.5)
+                messages = consumer.consume(num_messages=min(CONSUME_MESSAGES, max_messages - len(batch), left),
+                                            timeout=0.5)
                 if not messages:
                     if time.monotonic() - last_progress > idle_timeout_s:
                         raise TimeoutError(
