@@ -85,6 +85,30 @@ def test_typical_payloads_are_all_accepted():
     assert batch.to_pylist() == [_pyarrow_row(line), {"before": None, "after": None, "op": None}]
 
 
+@given(st.randoms())
+def test_fields_in_any_order_parse_alike(random):
+    """The crate tries the schema's next field first (Debezium's order) and searches the others."""
+    after = {"id": 7, "small": -3, "day": 19000, "flag": True, "name": "n", "nothing": None,
+             "decimal": {"scale": 2, "value": "AQ=="}, "extra": 1}
+    document = {"before": None, "after": after, "op": "u"}
+
+    def shuffled(value):
+        if not isinstance(value, dict):
+            return value
+        keys = list(value)
+        random.shuffle(keys)
+        return {k: shuffled(value[k]) for k in keys}
+
+    head = SCHEMA_START + b"{}" + PAYLOAD_KEY
+    lines = [json.dumps(document, separators=(",", ":")).encode(),
+             json.dumps(shuffled(document), separators=(",", ":")).encode()]
+    batch, rejected = native.parse_payloads([head + line + b"}" for line in lines], np.arange(2),
+                                            np.full(2, len(head)), SCHEMA)
+    assert rejected.tolist() == []
+    first, second = batch.to_pylist()
+    assert first == second == _pyarrow_row(lines[0])
+
+
 @given(st.lists(st.sampled_from([
     b'{"schema":{"a":1},"payload":{"x":1}}', b'{"schema":{"a":2},"payload":{"x":2}}', None, b"not json",
     b'{"schema":{"a":1},"payload":[1]}', b'{"payload":{"x":1},"schema":{}}', b'{"schema":{"a":1},"payload":{}}',

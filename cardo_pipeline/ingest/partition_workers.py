@@ -62,6 +62,8 @@ class _Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cardo_pipeline.ingest.partition_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            # OpenBLAS (numpy's) starts a thread per core that spins after use: ~2% of a worker's CPU, no BLAS work
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
         )
         self.job: tuple[str, int] | None = None
 

@@ -129,6 +129,36 @@ fn split_spans(spans: &[Span]) -> (Vec<Vec<u8>>, Vec<i32>, Vec<i64>) {
     (heads, groups, starts)
 }
 
+/// The fields of one object seen so far: a bit set on the stack for up to 128 fields (no allocation per object).
+enum Seen {
+    Few(u128),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(fields: usize) -> Seen {
+        if fields <= 128 {
+            Seen::Few(0)
+        } else {
+            Seen::Many(vec![false; fields])
+        }
+    }
+
+    fn get(&self, k: usize) -> bool {
+        match self {
+            Seen::Few(bits) => bits >> k & 1 == 1,
+            Seen::Many(flags) => flags[k],
+        }
+    }
+
+    fn set(&mut self, k: usize) {
+        match self {
+            Seen::Few(bits) => *bits |= 1 << k,
+            Seen::Many(flags) => flags[k] = true,
+        }
+    }
+}
+
 // --- the parse schema and its column builders ------------------------------------------------------------
 
 /// A column being built, one entry per accepted row (so a rejected row is undone by truncating to a length).
@@ -573,21 +603,30 @@ impl<'a> Reader<'a> {
         }
         let Column::Struct { valid, names, children } = column else { return Err(Reject) };
         self.expect(b'{')?;
-        let mut seen = vec![false; children.len()];
+        let mut seen = Seen::new(children.len());
+        // Debezium writes a struct's fields in one order, the parse schema's: the field after the last one found
+        // is tried first, so a key is usually one comparison.
+        let mut next = 0usize;
         if self.peek()? == b'}' {
             self.at += 1;
         } else {
             loop {
                 let key = self.string()?;
                 let key = self.content(key);
-                let found = names.iter().position(|name| name.as_slice() == key);
+                let found = match names.get(next) {
+                    Some(name) if name.as_slice() == key => Some(next),
+                    _ => names.iter().position(|name| name.as_slice() == key),
+                };
+                if let Some(k) = found {
+                    next = k + 1;
+                }
                 self.expect(b':')?;
                 match found {
                     Some(k) => {
-                        if seen[k] {
+                        if seen.get(k) {
                             return Err(Reject); // the same field twice: the Python path decides
                         }
-                        seen[k] = true;
+                        seen.set(k);
                         self.value_into(&mut children[k], depth + 1)?;
                     }
                     None => self.skip_value(depth + 1)?,
@@ -603,7 +642,7 @@ impl<'a> Reader<'a> {
             }
         }
         for (k, child) in children.iter_mut().enumerate() {
-            if !seen[k] {
+            if !seen.get(k) {
                 child.push_null();
             }
         }
