@@ -43,6 +43,14 @@ class WithoutPandas(importlib.abc.MetaPathFinder):
         return None
 
 
+def release_free_memory() -> None:
+    """Between partitions, give the heap's free pages back (glibc keeps them for the next allocations, but the
+    next partition may be another table's with other sizes): trimmed after every batch instead, a worker used
+    ~10% more CPU in page faults."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def run_job(job: dict) -> dict:
     report = ingest_topic(
         job["bootstrap"], TABLES_BY_NAME[job["table"]], job["topic"], OffsetTrackedTable(job["raw_uri"]),
@@ -65,6 +73,7 @@ def main() -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         out.write(json.dumps(answer) + "\n")
         out.flush()
+        release_free_memory()
 
 
 if __name__ == "__main__":
