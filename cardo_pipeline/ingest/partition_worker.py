@@ -19,16 +19,17 @@ import sys
 import traceback
 
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline.ingest.raw_ingest import ingest_topic
+from cardo_pipeline.ingest.raw_ingest import IngestReport, ingest_topic
 from cardo_pipeline.tables import TABLES_BY_NAME
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
 
 
 def die_with_parent() -> None:
     """A worker must not outlive the run that started it (a killed or terminated run would leave it writing)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -51,20 +52,13 @@ def release_free_memory() -> None:
     creeps up with fragmentation (and the next partition may be another table's, with other sizes). Done between
     partitions and every TRIM_EVERY_BATCHES batches: after every batch, a worker used ~10% more CPU in page
     faults."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).malloc_trim(0)
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
-def _every_few_batches_release_free_memory():
-    batches = 0
-
-    def after_batch(_message: str) -> None:  # ingest_topic logs once per committed batch
-        nonlocal batches
-        batches += 1
-        if batches % TRIM_EVERY_BATCHES == 0:
-            release_free_memory()
-
-    return after_batch
+def after_batch(report: IngestReport) -> None:
+    if report.batches % TRIM_EVERY_BATCHES == 0:
+        release_free_memory()
 
 
 def run_job(job: dict) -> dict:
@@ -72,7 +66,7 @@ def run_job(job: dict) -> dict:
         job["bootstrap"], TABLES_BY_NAME[job["table"]], job["topic"], OffsetTrackedTable(job["raw_uri"]),
         OffsetTrackedTable(job["dead_letter_uri"]), partitions=[job["partition"]],
         target_end={job["partition"]: job["end"]}, max_batch_messages=job["max_batch_messages"],
-        log=_every_few_batches_release_free_memory(),
+        after_batch=after_batch,
     )
     return {"report": dataclasses.asdict(report),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,10 +95,12 @@ def ingest_topic(
     target_end: dict[int, int] | None = None,
     max_batch_messages: int = DEFAULT_BATCH_MESSAGES,
     log=lambda message: None,
+    after_batch: Callable[[IngestReport], None] = lambda report: None,
 ) -> IngestReport:
     """Land the topic's messages up to the end offsets seen now (or `target_end`), of every partition or only of
     `partitions`: a run that owns some partitions commits only their offsets, so runs of other partitions can
-    append to the same tables at the same time (see `partition_workers`)."""
+    append to the same tables at the same time (see `partition_workers`). `after_batch` is called with the
+    report after each committed batch."""
     started = time.monotonic()
     if target_end is None:
         target_end = end_offsets(bootstrap, [topic])[topic]
@@ -113,7 +115,7 @@ def ingest_topic(
 
     with collector_paused():
         _ingest_batches(bootstrap, table, topic, raw, dead_letter, ReadTarget(topic, start, target_end),
-                        max_batch_messages, report, already_dead, evolved, log)
+                        max_batch_messages, report, already_dead, evolved, log, after_batch)
     report.seconds = time.monotonic() - started
     return report
 
@@ -121,7 +123,7 @@ def ingest_topic(
 def _ingest_batches(bootstrap: str, table: SourceTable, topic: str, raw: OffsetTrackedTable,
                     dead_letter: OffsetTrackedTable, target: ReadTarget, max_batch_messages: int,
                     report: IngestReport, already_dead: dict[int, int], evolved: dict[str, pa.DataType],
-                    log) -> None:
+                    log, after_batch: Callable[[IngestReport], None]) -> None:
     for batch in prefetch(read_batches(bootstrap, target, max_batch_messages)):
         decoded = decode_batch(batch, table, ingested_at=datetime.now(UTC), evolved_columns=evolved)
         if decoded.rows.num_rows + decoded.dead_letters.num_rows != len(batch):
@@ -147,3 +149,4 @@ def _ingest_batches(bootstrap: str, table: SourceTable, topic: str, raw: OffsetT
             f"{topic}: batch {report.batches}: {len(batch)} consumed, {decoded.dead_letters.num_rows} dead-lettered, "
             f"raw version {report.raw_version}"
         )
+        after_batch(report)
