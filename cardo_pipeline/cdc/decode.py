@@ -101,8 +101,7 @@ class KafkaMessages(Sequence[KafkaRecord]):
         self.values: list[bytes | None] = []  # without their heads when strip_heads
         self.timestamps_ms: list[int] = []
         self.strip_heads = native.enabled() if strip_heads is None else strip_heads
-        self.heads: list[bytes] = []
-        self._head_ids: dict[bytes, int] = {}
+        self._head_ids: dict[bytes, int] = {}  # schema text -> its number in this batch, in order of arrival
         self._groups: list[np.ndarray] = []  # per extend: index into heads; -1 tombstone; -2 value kept whole
 
     def extend(self, messages: Sequence[Any]) -> None:
@@ -119,26 +118,32 @@ class KafkaMessages(Sequence[KafkaRecord]):
         split = native.split_envelopes(values)
         ids = np.array([self._head_ids.setdefault(head, len(self._head_ids)) for head in split.heads] or [0],
                        np.int32)  # the crate's head numbers in this call -> the batch's
-        self.heads = list(self._head_ids)
         self._groups.append(np.where(split.groups >= 0, ids[np.maximum(split.groups, 0)], split.groups))
         # starts is 0 exactly for the values the crate does not split (tombstones, other layouts): kept whole
         return [value[start:] if start else value for value, start in zip(values, split.starts.tolist(), strict=True)]
+
+    @property
+    def heads(self) -> list[bytes]:
+        """The distinct schema texts (up to and including the payload key), numbered as in the groups."""
+        return list(self._head_ids)
+
+    def _head_groups(self) -> np.ndarray:
+        if len(self._groups) != 1:  # one array from here on (extend appends another)
+            self._groups = [np.concatenate(self._groups) if self._groups else np.empty(0, np.int32)]
+        return self._groups[0]
 
     def envelopes(self) -> native.SplitEnvelopes | None:
         """The split of the values as the crate gives it (payloads start at 0), when heads are stripped."""
         if not self.strip_heads:
             return None
-        if len(self._groups) != 1:  # one array from here on (extend appends another)
-            self._groups = [np.concatenate(self._groups) if self._groups else np.empty(0, np.int32)]
-        groups = self._groups[0]
-        return native.SplitEnvelopes(list(self.heads), groups, np.zeros(len(groups), np.int64))
+        groups = self._head_groups()
+        return native.SplitEnvelopes(self.heads, groups, np.zeros(len(groups), np.int64))
 
     def original_values(self) -> Sequence[bytes | None]:
         """Each record's value as Kafka delivered it."""
-        envelopes = self.envelopes()
-        if envelopes is None:
+        if not self.strip_heads:
             return self.values
-        return _JoinedValues(envelopes.heads, envelopes.groups, self.values)
+        return _JoinedValues(self.heads, self._head_groups(), self.values)
 
     def next_offsets(self, start: int = 0) -> dict[int, int]:
         """The next offset to read per partition, after the messages from position `start` on."""
@@ -565,7 +570,7 @@ def decode_batch(
     if ingested_at.tzinfo is None:
         raise ValueError("ingested_at must be timezone-aware")
     n = len(records)
-    split = None
+    split = None  # the crate's split, when the reader already made it or the crate is on
     if isinstance(records, KafkaMessages):
         topics, partitions, offsets, keys, values, timestamps = records.columns()
         split, originals = records.envelopes(), records.original_values()  # split: the reader stripped heads
@@ -574,8 +579,9 @@ def decode_batch(
         values, keys = list(values), list(keys)
         originals = values
     dead: dict[int, str] = {}  # record position -> reason
-    if split is not None or native.enabled():
-        split = native.split_envelopes(values) if split is None else split
+    if split is None and native.enabled():
+        split = native.split_envelopes(values)
+    if split is not None:
         tombstone = split.groups == -1  # the crate marks None values: no second pass over the values
         pieces, loose = _native_pieces(values, originals, split, table, tombstone, dead)
         key_texts, key_dead = _native_key_texts(keys)
