@@ -420,3 +420,27 @@ def test_zoned_timestamps_with_any_number_of_fraction_digits(moment, digits):
     )
     expected = (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     assert parse_zoned_timestamp(text) == expected
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 3), st.one_of(st.none(), st.sampled_from(VALID))), max_size=40),
+       st.integers(0, 40))
+def test_batches_know_their_next_offsets_and_the_bytes_they_hold(messages_by_partition, start):
+    """next_offsets(start) is each partition's last offset + 1 among the messages from `start` on;
+    held_bytes counts the keys and values as held (values without heads when the crate strips them)."""
+    next_offset: dict[int, int] = {}
+    records = []
+    for partition, pair in messages_by_partition:
+        key, value = pair if pair is not None else (None, None)
+        offset = next_offset.get(partition, 0) + 3  # gaps, as compaction or transactions leave them
+        next_offset[partition] = offset
+        records.append(KafkaRecord("servicing.public.loans", partition, offset, key, value, 7))
+    messages = KafkaMessages()
+    messages.extend([_ConsumedMessage(r) for r in records])
+
+    expected: dict[int, int] = {}
+    for record in records[start:]:
+        expected[record.partition] = record.offset + 1
+    assert messages.next_offsets(start) == expected
+    held = sum(len(k or b"") for k in messages.keys) + sum(len(v or b"") for v in messages.values)
+    assert messages.held_bytes == held

@@ -119,3 +119,27 @@ def test_added_column_appears_as_nullable_and_incompatible_change_fails_its_chec
     assert checks["offsets_exactly_once"].passed is True
     dead = read_table(f"{tmp_path}/raw/_dead_letter").to_pylist()
     assert len(dead) == 1 and "days_past_due" in dead[0]["error"]
+
+
+def test_a_batch_ends_at_its_byte_bound_and_every_message_is_read_once(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cardo_pipeline.ingest import kafka_reader
+    from cardo_pipeline.kafka_topics import end_offsets
+
+    topic = f"{fresh_prefix('bytes')}.public.loans"
+    produce_raw(kafka_bootstrap, topic, encode_changes(LOANS, "x", [loan_row(i) for i in range(1, 61)]))
+    (partition, end), = [(p, e) for p, e in end_offsets(kafka_bootstrap, [topic])[topic].items() if e]
+    assert end == 60
+    target = kafka_reader.ReadTarget(topic, {partition: 0}, {partition: end})
+    monkeypatch.setattr(kafka_reader, "CONSUME_MESSAGES", 4)  # the bound is checked between consume() calls
+
+    whole = list(kafka_reader.read_batches(kafka_bootstrap, target, max_messages=1_000))
+    assert [len(b) for b in whole] == [60]
+    bound = whole[0].held_bytes // 6
+    batches = list(kafka_reader.read_batches(kafka_bootstrap, target, max_messages=1_000, max_bytes=bound))
+
+    assert [r.offset for b in batches for r in b] == list(range(60))
+    assert all(b.held_bytes >= bound for b in batches[:-1])
+    assert all(b.held_bytes < bound + 4 * max(len(v) for v in b.values) for b in batches)
+    assert 5 <= len(batches) <= 7

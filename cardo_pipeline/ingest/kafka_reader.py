@@ -25,6 +25,10 @@ class ReadTarget:
 
 # Messages per consume() call: they are held whole (a few kB each) only until the batch strips their heads.
 CONSUME_MESSAGES = 2_000
+# A batch also ends at this many bytes of keys and values as held: its memory (the values, then their decoded
+# rows and the Parquet file) follows its bytes, not its message count. 20k payments messages hold ~13 MB; a
+# wide table's batch ends earlier (loans: ~13k), so a worker's peak is the same whichever table it reads.
+MAX_BATCH_BYTES = 13 << 20
 
 
 def consumer_config(bootstrap: str) -> dict:
@@ -50,9 +54,11 @@ def consumer_config(bootstrap: str) -> dict:
 
 
 def read_batches(
-    bootstrap: str, target: ReadTarget, max_messages: int, idle_timeout_s: float = 10.0
+    bootstrap: str, target: ReadTarget, max_messages: int, idle_timeout_s: float = 10.0,
+    max_bytes: int = MAX_BATCH_BYTES,
 ) -> Iterator[KafkaMessages]:
-    """Yield batches of at most `max_messages` records until every partition reaches its end offset."""
+    """Yield batches of at most `max_messages` records (and about `max_bytes` held: a batch ends at the first
+    consume() call that reaches it) until every partition reaches its end offset."""
     todo = {p: e for p, e in target.end.items() if e > target.start.get(p, 0)}
     if not todo:
         return
@@ -63,7 +69,8 @@ def read_batches(
         last_progress = time.monotonic()
         while any(position[p] < end for p, end in todo.items()):
             batch = KafkaMessages()
-            while len(batch) < max_messages and any(position[p] < end for p, end in todo.items()):
+            while (len(batch) < max_messages and batch.held_bytes < max_bytes
+                   and any(position[p] < end for p, end in todo.items())):
                 # Never ask for more than is left: consume() waits out its timeout while it has fewer messages
                 # than asked for, which cost half a second at the end of every partition.
                 left = sum(end - position[p] for p, end in todo.items() if position[p] < end)

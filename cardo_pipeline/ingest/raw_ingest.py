@@ -150,3 +150,4 @@ def _ingest_batches(bootstrap: str, table: SourceTable, topic: str, raw: OffsetT
             f"raw version {report.raw_version}"
         )
         after_batch(report)
+        del decoded, dead  # not held while the next batch decodes: a worker would hold two decoded batches

@@ -195,6 +195,29 @@ impl Column {
         })
     }
 
+    /// Room for `rows` more rows in every fixed-width buffer: growing them row by row cost ~5% of a parse.
+    fn reserve(&mut self, rows: usize) {
+        match self {
+            Column::Int { valid, data, .. } => {
+                valid.reserve(rows);
+                data.reserve(rows);
+            }
+            Column::Bool { valid, data } => {
+                valid.reserve(rows);
+                data.reserve(rows);
+            }
+            Column::Str { valid, offsets, .. } => {
+                valid.reserve(rows);
+                offsets.reserve(rows);
+            }
+            Column::Null { .. } => {}
+            Column::Struct { valid, children, .. } => {
+                valid.reserve(rows);
+                children.iter_mut().for_each(|c| c.reserve(rows));
+            }
+        }
+    }
+
     fn push_null(&mut self) {
         match self {
             Column::Int { valid, data, .. } => {
@@ -693,6 +716,7 @@ fn parse_payloads<'py>(
     if !matches!(top, Column::Struct { .. }) {
         return Err(PyValueError::new_err("the top-level spec must be a struct"));
     }
+    top.reserve(rows.len());
     let items: Vec<Bound<'py, PyAny>> = rows
         .iter()
         .map(|&r| values.get_item(r as usize))
