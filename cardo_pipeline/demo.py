@@ -169,8 +169,8 @@ def raw_figures(settings: CardoSettings) -> dict:
 def curated_figures(settings: CardoSettings) -> dict:
     """Rows of the curated and Iceberg tables, and the curated current state reconciled with Postgres row by row
     (every column: the whole path Postgres -> Debezium -> Kafka -> raw -> curated must give the source back)."""
-    import polars as pl
 
+    from cardo_pipeline.curate.merge_on_read import read_live
     from cardo_pipeline.defs.resources import IcebergResource
     from cardo_pipeline.ingest.delta_log import load_table
 
@@ -183,8 +183,8 @@ def curated_figures(settings: CardoSettings) -> dict:
             current = load_table(str(settings.lake_dir / "curated" / table.name))
             if current is None:
                 continue
-            curated = pl.from_arrow(current.to_pyarrow_table(columns=names))
-            assert isinstance(curated, pl.DataFrame)
+            curated = read_live(str(settings.lake_dir / "curated" / table.name), columns=names)
+            assert curated is not None
             figures["curated_rows"][table.name] = curated.height
             if catalog.table_exists(iceberg.identifier(table.name)):
                 figures["iceberg_rows"][table.name] = catalog.load_table(

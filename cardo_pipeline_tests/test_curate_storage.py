@@ -11,6 +11,7 @@ from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cardo_pipeline.curate import storage
 from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID, CuratedLocations, CuratedStore
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
@@ -94,7 +95,7 @@ def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, m
     def crash(*args, **kwargs):
         raise RuntimeError("killed between the history commit and the current commit")
 
-    monkeypatch.setattr(CuratedStore, "_merge_current", crash)
+    monkeypatch.setattr(storage._MergeOnReadWriter, "write_current", crash)
     with pytest.raises(RuntimeError, match="killed between"):
         store.apply()
     history, current = DeltaTable(store.locations.history), DeltaTable(store.locations.current)

@@ -8,6 +8,7 @@ import polars as pl
 
 from cardo_pipeline.curate.apply import LSN, OFFSET
 from cardo_pipeline.curate.key_diff import diff_by_key
+from cardo_pipeline.curate.merge_on_read import read_live
 from cardo_pipeline.curate.storage import CuratedLocations
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SourceTable
@@ -28,8 +29,7 @@ class Agreement:
 
 
 def _read(uri: str) -> pl.DataFrame | None:
-    table = load_table(uri)
-    return None if table is None else pl.from_arrow(table.to_pyarrow_table())  # type: ignore[return-value]
+    return read_live(uri) if load_table(uri) is not None else None
 
 
 def compare_current_with_history(table: SourceTable, locations: CuratedLocations, sample_size: int = 5

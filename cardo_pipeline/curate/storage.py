@@ -39,11 +39,13 @@ from cardo_pipeline.curate.apply import (
     log_from_history,
     log_schema,
 )
+from cardo_pipeline.curate.merge_on_read import FILE, ROW, MergeOnReadTable, supports
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SourceTable
 
 RAW_VERSION_APP_ID = "cardo/raw-version"  # the app transaction whose version is the last raw version applied
-CURATED_CONFIGURATION = {"delta.enableChangeDataFeed": "true"}
+# Deletion vectors: batches mark replaced rows instead of rewriting their files (`merge_on_read`)
+CURATED_CONFIGURATION = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "true"}
 DEFAULT_BATCH_EVENTS = 200_000
 LIVE = "_cardo_live"
 
@@ -177,16 +179,18 @@ class CuratedStore:
         current, history = self.tables()
         before = _lowest_applied(current, history)
         report = ApplyReport(self.table.name, before, before, truncates=self.truncates())
+        # merge-on-read where the tables allow it (local, with deletion vectors), else delta-rs MERGE
+        writer = (_MergeOnReadWriter(self, MergeOnReadTable(current), MergeOnReadTable(history))
+                  if supports(current) and supports(history) else _MergeWriter(self, current, history))
         for rows, version in raw_increments(raw, before, max_batch_events):
-            self._apply_batch(rows, version, current, history, report)
+            self._apply_batch(rows, version, writer, report)
             log(f"{self.table.name}: raw up to version {version}: {rows.num_rows} events, "
                 f"{report.keys_touched} keys touched so far")
         report.current_version, report.history_version = current.version(), history.version()
         report.seconds = time.monotonic() - started
         return report
 
-    def _apply_batch(self, raw_rows: pa.Table, raw_version: int, current: DeltaTable, history: DeltaTable,
-                     report: ApplyReport) -> None:
+    def _apply_batch(self, raw_rows: pa.Table, raw_version: int, writer: _Writer, report: ApplyReport) -> None:
         changes, new_truncates = changes_from_raw(raw_rows, self.table)
         known = report.truncates  # read once per run, kept up to date here
         added = sorted(set(new_truncates) - set(known))
@@ -196,60 +200,156 @@ class CuratedStore:
                 schema=TRUNCATES_SCHEMA), mode="append")
         truncates = report.truncates = sorted(set(known) | set(added))
         if added:  # a truncate ends versions of keys the batch does not touch: every key is folded again
-            old_history = self._history_rows(history, None)
+            old_history = writer.history_rows(None)
             touched = pl.concat([changes.select(self.key), old_history.select(self.key)]).unique()
         else:
             touched = changes.select(self.key).unique()
-            old_history = self._history_rows(history, touched)
-        log = fold_changes(log_from_history(old_history, self.table), changes, self.table, truncates)
+            old_history = writer.history_rows(touched)
+        log = fold_changes(log_from_history(_unlocated(old_history), self.table), changes, self.table, truncates)
         new_history = history_frame(log, truncates, self.table)
         new_current = current_frame(log, truncates, self.table).select(current_schema(self.table).names)
-        old_current = self._current_rows(current, touched)
+        old_current = writer.current_rows(touched)
 
         commit = CommitProperties(
             app_transactions=[Transaction(app_id=RAW_VERSION_APP_ID, version=raw_version)],
             custom_metadata={"cardo.raw_version": str(raw_version), "cardo.events": str(raw_rows.num_rows)},
         )
-        history_changes = _differing(new_history, old_history, [*self.key, "valid_from_lsn", "valid_from_offset"])
-        self._merge_history(history, history_changes, commit)
-        upserts = _differing(new_current, old_current, self.key)
-        gone = old_current.join(new_current.select(self.key), on=self.key, how="anti")
-        self._merge_current(current, upserts, gone.select(self.key), commit, report)
+        history_key = [*self.key, "valid_from_lsn", "valid_from_offset"]
+        history_changes = _differing(new_history, _unlocated(old_history), history_key)
+        writer.write_history(old_history, history_changes, history_key, commit)
+        upserts = _differing(new_current, _unlocated(old_current), self.key)
+        gone = _unlocated(old_current).join(new_current.select(self.key), on=self.key, how="anti")
+        writer.write_current(old_current, upserts, gone.select(self.key), commit, report)
         report.events += raw_rows.num_rows
         report.batches += 1
         report.keys_touched += touched.height
         report.history_rows_written += history_changes.height
         report.raw_version = raw_version
 
-    def _history_rows(self, history: DeltaTable, keys: pl.DataFrame | None) -> pl.DataFrame:
-        return _read(history, history_schema(self.table), self.key, keys)
 
-    def _current_rows(self, current: DeltaTable, keys: pl.DataFrame) -> pl.DataFrame:
-        return _read(current, current_schema(self.table), self.key, keys)
+def _unlocated(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.drop(FILE, ROW, strict=False)
 
-    def _merge_history(self, history: DeltaTable, rows: pl.DataFrame, commit: CommitProperties) -> None:
-        if rows.is_empty():
-            _commit_only(history, history_schema(self.table), commit)
+
+class _Writer:
+    """How a batch reads the rows it folds and writes what changed (one commit per table)."""
+
+    def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
+                      commit: CommitProperties) -> None:
+        raise NotImplementedError
+
+    def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
+                      commit: CommitProperties, report: ApplyReport) -> None:
+        raise NotImplementedError
+
+
+class _MergeOnReadWriter(_Writer):
+    """Rows read with their positions; replaced rows marked in deletion vectors, changed rows appended."""
+
+    def __init__(self, store: CuratedStore, current: MergeOnReadTable, history: MergeOnReadTable):
+        self.store, self.current, self.history = store, current, history
+
+    def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
+        rows = self.history.read(history_schema(self.store.table), self.store.key, keys)
+        return rows.sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
+
+    def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
+        return self.current.read(current_schema(self.store.table), self.store.key, keys).sort(
+            [*self.store.key, *SEQUENCE])
+
+    @staticmethod
+    def _metadata(commit: CommitProperties) -> dict[str, str]:
+        return dict(commit.custom_metadata or {})
+
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
+                      commit: CommitProperties) -> None:
+        replaced = old.join(changed.select(on), on=on, how="semi", nulls_equal=True)
+        schema = history_schema(self.store.table)
+        feed = _change_feed(schema, replaced, changed.join(replaced.select(on), on=on, how="semi", nulls_equal=True),
+                            changed.join(replaced.select(on), on=on, how="anti", nulls_equal=True), old.clear())
+        self.history.commit(replaced.select(FILE, ROW), changed.select(schema.names).to_arrow().cast(schema),
+                            app_id=RAW_VERSION_APP_ID, app_version=_raw_version(commit),
+                            metadata=self._metadata(commit), change_feed=feed)
+
+    def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
+                      commit: CommitProperties, report: ApplyReport) -> None:
+        key = self.store.key
+        changed_keys = pl.concat([upserts.select(key), gone.select(key)])
+        replaced = old.join(changed_keys, on=key, how="semi", nulls_equal=True)
+        schema = current_schema(self.store.table)
+        updates = upserts.join(old.select(key), on=key, how="semi", nulls_equal=True)
+        feed = _change_feed(schema, replaced.join(updates.select(key), on=key, how="semi", nulls_equal=True),
+                            updates, upserts.join(old.select(key), on=key, how="anti", nulls_equal=True),
+                            replaced.join(gone, on=key, how="semi", nulls_equal=True))
+        self.current.commit(replaced.select(FILE, ROW), upserts.select(schema.names).to_arrow().cast(schema),
+                            app_id=RAW_VERSION_APP_ID, app_version=_raw_version(commit),
+                            metadata=self._metadata(commit), change_feed=feed)
+        report.updated += updates.height
+        report.inserted += upserts.height - updates.height
+        report.deleted += gone.height
+
+
+CHANGE_TYPE = "_change_type"
+
+
+def _change_feed(schema: pa.Schema, before: pl.DataFrame, after: pl.DataFrame, inserted: pl.DataFrame,
+                 deleted: pl.DataFrame) -> pa.Table:
+    """A commit's change data as a MERGE records it: updated rows before and after, inserted and deleted rows."""
+    parts = [frame.select(schema.names).to_arrow().cast(schema).append_column(
+        CHANGE_TYPE, pa.array([change] * frame.height, pa.string()))
+        for frame, change in ((before, "update_preimage"), (after, "update_postimage"), (inserted, "insert"),
+                              (deleted, "delete"))]
+    return pa.concat_tables(parts)
+
+
+def _raw_version(commit: CommitProperties) -> int:
+    (transaction,) = commit.app_transactions or []
+    return transaction.version
+
+
+class _MergeWriter(_Writer):
+    """delta-rs MERGE (copy-on-write): for tables on object stores, or made before deletion vectors."""
+
+    def __init__(self, store: CuratedStore, current: DeltaTable, history: DeltaTable):
+        self.store, self.current, self.history = store, current, history
+
+    def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
+        return _read(self.history, history_schema(self.store.table), self.store.key, keys)
+
+    def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
+        return _read(self.current, current_schema(self.store.table), self.store.key, keys)
+
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
+                      commit: CommitProperties) -> None:
+        table = self.store.table
+        if changed.is_empty():
+            _commit_only(self.history, history_schema(table), commit)
             return
-        on = " AND ".join(f"t.{c} = s.{c}" for c in [*self.key, "valid_from_lsn", "valid_from_offset"])
-        schema = pa.schema([f.with_nullable(True) for f in history_schema(self.table)])
-        (history.merge(rows.to_arrow().cast(schema), on, source_alias="s", target_alias="t",
-                       commit_properties=commit)
+        condition = " AND ".join(f"t.{c} = s.{c}" for c in on)
+        schema = pa.schema([f.with_nullable(True) for f in history_schema(table)])
+        (self.history.merge(changed.to_arrow().cast(schema), condition, source_alias="s", target_alias="t",
+                            commit_properties=commit)
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
-    def _merge_current(self, current: DeltaTable, upserts: pl.DataFrame, gone: pl.DataFrame,
-                       commit: CommitProperties, report: ApplyReport) -> None:
+    def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
+                      commit: CommitProperties, report: ApplyReport) -> None:
+        schema = current_schema(self.store.table)
         if upserts.is_empty() and gone.is_empty():
-            _commit_only(current, current_schema(self.table), commit)
+            _commit_only(self.current, schema, commit)
             return
-        schema = current_schema(self.table)
         source = pl.concat([
             upserts.select(schema.names).with_columns(pl.lit(True).alias(LIVE)),
             gone.with_columns(pl.lit(False).alias(LIVE)),
         ], how="diagonal_relaxed").to_arrow()
         source = source.cast(pa.schema([*(f.with_nullable(True) for f in schema), pa.field(LIVE, pa.bool_())]))
-        on = " AND ".join(f"t.{c} = s.{c}" for c in self.key)
-        result = (current.merge(source, on, source_alias="s", target_alias="t", commit_properties=commit)
+        on = " AND ".join(f"t.{c} = s.{c}" for c in self.store.key)
+        result = (self.current.merge(source, on, source_alias="s", target_alias="t", commit_properties=commit)
                   .when_matched_delete(predicate=f"s.{LIVE} = false")
                   .when_matched_update_all(except_cols=[LIVE])
                   .when_not_matched_insert_all(predicate=f"s.{LIVE} = true", except_cols=[LIVE])

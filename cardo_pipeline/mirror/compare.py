@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import polars as pl
-from deltalake import DeltaTable
 
 from cardo_pipeline.curate.key_diff import diff_by_key
+from cardo_pipeline.curate.merge_on_read import read_live
 from cardo_pipeline.mirror.iceberg import IcebergMirror
 
 
@@ -34,7 +34,8 @@ def compare_mirror(mirror: IcebergMirror, sample_size: int = 5) -> MirrorCompari
     if version is None:
         return result
     # The Delta version the mirror claims, not the latest: curated may have moved on since.
-    delta = pl.from_arrow(DeltaTable(mirror.delta_uri, version=version).to_pyarrow_table().cast(mirror.schema))
+    live = read_live(mirror.delta_uri, version=version, columns=mirror.schema.names)
+    delta = pl.from_arrow((live.to_arrow() if live is not None else mirror.schema.empty_table()).cast(mirror.schema))
     mirrored = pl.from_arrow(iceberg.scan().to_arrow().cast(mirror.schema))
     assert isinstance(delta, pl.DataFrame) and isinstance(mirrored, pl.DataFrame)
     result.delta_rows, result.iceberg_rows = delta.height, mirrored.height

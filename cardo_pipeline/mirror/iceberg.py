@@ -26,6 +26,7 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.table import Table as IcebergTable
 
+from cardo_pipeline.curate.merge_on_read import read_live
 from cardo_pipeline.tables import SourceTable
 
 DELTA_VERSION_PROPERTY = "cardo.delta_version"
@@ -96,7 +97,7 @@ class IcebergMirror:
         changes = None if before is None else self._changes(delta, before + 1, latest)
         with iceberg.transaction() as tx:
             if changes is None:  # first run, or the feed no longer reaches back: copy everything
-                rows = delta.to_pyarrow_table().cast(self.schema)
+                rows = self._live_rows(latest)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Delete operation did not match any records")
                     tx.overwrite(rows, overwrite_filter=AlwaysTrue())
@@ -128,10 +129,18 @@ class IcebergMirror:
         frame = pl.from_arrow(feed.select([*self.schema.names, _CHANGE, _VERSION]))
         assert isinstance(frame, pl.DataFrame)
         frame = frame.with_columns(pl.col(_CHANGE).cast(pl.String)).filter(pl.col(_CHANGE) != "update_preimage")
-        last = frame.sort(_VERSION, maintain_order=True).group_by(self.key, maintain_order=True).last()
+        # A merge-on-read commit replaces a row by marking the old one deleted and adding the new one: within a
+        # version, a key's delete comes before its insert (a commit never adds a row and deletes it)
+        rank = (pl.col(_CHANGE) != "delete").cast(pl.Int8).alias("__rank")
+        last = (frame.with_columns(rank).sort([_VERSION, "__rank"], maintain_order=True)
+                .group_by(self.key, maintain_order=True).last().drop("__rank"))
         keys = last.select(self.key).to_arrow()
         upserts = last.filter(pl.col(_CHANGE) != "delete").select(self.schema.names).to_arrow().cast(self.schema)
         return keys, upserts
+
+    def _live_rows(self, version: int) -> pa.Table:
+        live = read_live(self.delta_uri, version=version, columns=self.schema.names)
+        return (live.to_arrow() if live is not None else self.schema.empty_table()).cast(self.schema)
 
     def _key_filter(self, keys: pa.Table) -> BooleanExpression:
         if len(self.key) == 1:

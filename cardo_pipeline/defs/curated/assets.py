@@ -3,6 +3,7 @@ registry. Glue only: the apply is `curate.storage.CuratedStore`; the asset repor
 
 import dagster as dg
 
+from cardo_pipeline.curate.merge_on_read import live_row_count
 from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, CuratedStore
 from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
@@ -67,13 +68,13 @@ def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
         current_table, history_table = load_table(locations.current), load_table(locations.history)
         yield dg.MaterializeResult(asset_key=current, metadata={
             **_common(report),
-            "dagster/row_count": current_table.count() if current_table is not None else 0,
+            "dagster/row_count": live_row_count(current_table) if current_table is not None else 0,
             "delta_version": report.current_version if report.current_version is not None else -1,
             "rows_inserted": report.inserted, "rows_updated": report.updated, "rows_deleted": report.deleted,
         })
         yield dg.MaterializeResult(asset_key=history, metadata={
             **_common(report),
-            "dagster/row_count": history_table.count() if history_table is not None else 0,
+            "dagster/row_count": live_row_count(history_table) if history_table is not None else 0,
             "delta_version": report.history_version if report.history_version is not None else -1,
             "history_rows_written": report.history_rows_written,
         })

@@ -1,0 +1,257 @@
+"""Merge-on-read changes to a Delta table: replaced and deleted rows are marked in deletion vectors, new rows are
+appended, all in one commit; no data file is rewritten.
+
+A curated batch changes ~1-2% of a large table's rows, spread over nearly every file (most updates fall on
+active loans, which are everywhere in a mature book): a copy-on-write MERGE rewrites all of those files, so its
+cost grows with the table. Here a batch costs what it changes: the rows it reads (located by a scan of the key
+columns) and the rows it writes. Compaction (maintenance) later folds the deletion vectors back into files.
+
+The commit is written as delta-rs would write it, which delta-rs cannot do itself with deletion vectors:
+- the table's log is replayed (last checkpoint, then JSON commits) for the add actions of its live files;
+- each touched file is removed and added again with its new deletion vector (old and new positions) and its
+  statistics marked not tight (`tightBounds` false: its min and max still bound the live rows);
+- new rows are written by delta-rs into a staging table, whose add actions (statistics included) are taken
+  over after their files are moved into the table;
+- the commit file is created only if absent (a hard link: atomic on POSIX file systems), so a concurrent writer
+  loses with `ConcurrentCommitError` instead of overwriting; local and mounted file systems only (object stores
+  need a conditional put, which delta-rs's log store has but does not expose: `supports` says no).
+delta-rs, polars and DataFusion read the result, and the change data feed shows the marked rows as deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from deltalake import DeltaTable, write_deltalake
+
+from cardo_pipeline.curate import deletion_vectors
+
+FILE, ROW = "__cardo_file", "__cardo_row"  # where a row read by `read` is: its data file and physical position
+CHECKPOINT_EVERY = 100  # commits, as delta-rs does for its own
+FEATURE = "deletionVectors"
+ENGINE = "cardo-pipeline merge-on-read"
+
+
+class ConcurrentCommitError(RuntimeError):
+    """Another writer committed the version this commit was built on: nothing of this one is visible."""
+
+
+def local_root(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+def supports(table: DeltaTable) -> bool:
+    """Whether commits can go through this module: a local table with the deletion-vectors feature."""
+    protocol = table.protocol()
+    return (local_root(table.table_uri) is not None
+            and FEATURE in (protocol.writer_features or []) and FEATURE in (protocol.reader_features or []))
+
+
+def _json_shape(add: Mapping) -> dict:
+    """An add action read from a checkpoint (Arrow maps are lists of pairs) as the JSON log holds it."""
+    shaped = {}
+    for name, value in add.items():
+        if value is None or name == "stats_parsed":
+            continue
+        if name in ("partitionValues", "tags") and isinstance(value, list):
+            value = dict(value)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        shaped[name] = value
+    shaped.setdefault("partitionValues", {})
+    return shaped
+
+
+class MergeOnReadTable:
+    """A Delta table with deletion vectors, at a version: read rows with their positions, commit changes."""
+
+    def __init__(self, table: DeltaTable):
+        root = local_root(table.table_uri)
+        if root is None or not supports(table):
+            raise ValueError(f"{table.table_uri}: merge-on-read needs a local table with deletion vectors")
+        self.table, self.root = table, root
+        self._files: dict[str, dict] | None = None
+
+    def version(self) -> int:
+        return self.table.version()
+
+    def files(self) -> dict[str, dict]:
+        """The add action of every live data file, by path, at this version."""
+        if self._files is None:
+            self._files = self._replay(self.version())
+        return self._files
+
+    def _replay(self, version: int) -> dict[str, dict]:
+        log = self.root / "_delta_log"
+        files: dict[str, dict] = {}
+        start = 0
+        last = log / "_last_checkpoint"
+        if last.exists():
+            checkpoint = json.loads(last.read_text())["version"]
+            if checkpoint <= version:
+                parts = sorted(log.glob(f"{checkpoint:020d}.checkpoint*.parquet"))
+                for part in parts:
+                    for add in pq.read_table(part, columns=["add"])["add"].to_pylist():
+                        if add is not None:
+                            files[add["path"]] = _json_shape(add)
+                start = checkpoint + 1 if parts else 0
+        for v in range(start, version + 1):
+            with open(log / f"{v:020d}.json") as commit:
+                for line in commit:
+                    action = json.loads(line)
+                    if "add" in action:
+                        files[action["add"]["path"]] = action["add"]
+                    elif "remove" in action:
+                        files.pop(action["remove"]["path"], None)
+        return files
+
+    def read(self, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
+        """The live rows (of `keys` only, when given) in `schema`, each with FILE and ROW."""
+        scans = []
+        for path, add in self.files().items():
+            scan = pl.scan_parquet(self.root / path).with_row_index(ROW).with_columns(pl.lit(path).alias(FILE))
+            deleted = deletion_vectors.read(str(self.root), add.get("deletionVector"))
+            if len(deleted):
+                scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
+            if keys is not None and len(key) == 1:
+                scan = scan.filter(pl.col(key[0]).is_in(keys[key[0]].unique().implode()))
+            scans.append(scan)
+        if not scans or (keys is not None and keys.is_empty()):
+            empty = pl.from_arrow(schema.empty_table())
+            assert isinstance(empty, pl.DataFrame)
+            return empty.with_columns(pl.lit(None, pl.String).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
+        frame = pl.concat(scans, how="diagonal_relaxed").collect()
+        if keys is not None and len(key) > 1:
+            frame = frame.join(keys.unique(), on=key, how="semi")
+        missing = [f for f in schema if f.name not in frame.columns]  # columns newer than some files
+        frame = frame.with_columns(pl.lit(None).alias(f.name) for f in missing)
+        located = frame.select(FILE, ROW)
+        rows = pl.from_arrow(frame.select(schema.names).to_arrow().cast(schema))
+        assert isinstance(rows, pl.DataFrame)
+        return rows.with_columns(located)
+
+    def commit(self, deleted: pl.DataFrame, rows: pa.Table, *, app_id: str, app_version: int,
+               metadata: Mapping[str, str], change_feed: pa.Table | None = None, operation: str = "MERGE") -> int:
+        """One commit: the rows at `deleted` (FILE, ROW) marked deleted, `rows` appended, the app transaction
+        moved. Returns the new version.
+
+        `change_feed` (the table's columns and `_change_type`) is this commit's change data, as a MERGE would
+        record it (an updated row as update_preimage and update_postimage); without it, readers derive the
+        feed from the deletion vectors and new files, an update then reading as a delete and an insert."""
+        now = int(time.time() * 1000)
+        files = self.files()
+        actions: list[dict] = []
+        vectors = {}
+        for (path,), positions in deleted.group_by(FILE):
+            add = files[str(path)]
+            old = deletion_vectors.read(str(self.root), add.get("deletionVector"))
+            vectors[str(path)] = np.union1d(old, positions[ROW].to_numpy().astype(np.int64))
+        descriptors = deletion_vectors.write_file(str(self.root), vectors) if vectors else {}
+        for path, descriptor in descriptors.items():
+            add = files[path]
+            remove = {"path": path, "deletionTimestamp": now, "dataChange": True, "extendedFileMetadata": True,
+                      "partitionValues": add.get("partitionValues", {}), "size": add["size"]}
+            if add.get("deletionVector"):
+                remove["deletionVector"] = add["deletionVector"]
+            actions.append({"remove": remove})
+            actions.append({"add": {**add, "deletionVector": descriptor, "modificationTime": now,
+                                    "dataChange": True, "stats": _loose_stats(add.get("stats"))}})
+        staged = self._stage(rows) if rows.num_rows else []
+        actions += [{"add": {**add, "modificationTime": now}} for add in staged]
+        if change_feed is not None and change_feed.num_rows:
+            actions.append({"cdc": self._write_change_data(change_feed)})
+        actions.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now}})
+        actions.append({"commitInfo": {"timestamp": now, "operation": operation, "engineInfo": ENGINE,
+                                       "operationParameters": {"mode": "merge-on-read"},
+                                       "operationMetrics": {"numDeletionVectorsAdded": str(len(descriptors)),
+                                                            "numTargetRowsDeleted": str(deleted.height),
+                                                            "numAddedFiles": str(len(staged)),
+                                                            "numOutputRows": str(rows.num_rows)},
+                                       **metadata}})
+        version = self.version() + 1
+        self._write_commit(version, actions)
+        self.table.update_incremental()
+        for action in actions:
+            if "remove" in action:
+                files.pop(action["remove"]["path"], None)
+        for action in actions:
+            if "add" in action:
+                files[action["add"]["path"]] = action["add"]
+        if version % CHECKPOINT_EVERY == 0:
+            self.table.create_checkpoint()
+        return version
+
+    def _stage(self, rows: pa.Table) -> list[dict]:
+        """Write rows as data files of this table (delta-rs writes them and their statistics into a staging
+        table beside it; the files move in, the staging log goes)."""
+        staging = self.root / "_cardo_staging" / uuid.uuid4().hex
+        try:
+            write_deltalake(str(staging), rows.cast(pa.schema(self.table.schema().to_arrow())))
+            with open(staging / "_delta_log" / f"{0:020d}.json") as log:
+                adds = [json.loads(line)["add"] for line in log if line.startswith('{"add"')]
+            for add in adds:
+                target = self.root / add["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / add["path"], target)
+            return adds
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _write_change_data(self, changes: pa.Table) -> dict:
+        relative = f"_change_data/cdc-{uuid.uuid4()}.c000.snappy.parquet"
+        target = self.root / relative
+        target.parent.mkdir(exist_ok=True)
+        pq.write_table(changes, target, compression="snappy")
+        return {"path": relative, "partitionValues": {}, "size": target.stat().st_size, "dataChange": False}
+
+    def _write_commit(self, version: int, actions: list[dict]) -> None:
+        log = self.root / "_delta_log"
+        temporary = log / f".tmp-{version:020d}-{uuid.uuid4().hex}.json"
+        temporary.write_text("".join(json.dumps(action, separators=(",", ":")) + "\n" for action in actions))
+        try:
+            os.link(temporary, log / f"{version:020d}.json")  # fails when the version exists: put-if-absent
+        except FileExistsError:
+            raise ConcurrentCommitError(f"{self.table.table_uri}: version {version} was committed meanwhile") \
+                from None
+        finally:
+            temporary.unlink()
+
+
+def _loose_stats(stats: str | None) -> str | None:
+    """A file's statistics once some of its rows are deleted: still bounds (min, max), no longer tight."""
+    if stats is None:
+        return None
+    parsed = json.loads(stats)
+    parsed["tightBounds"] = False
+    return json.dumps(parsed, separators=(",", ":"))
+
+
+def read_live(uri: str, *, version: int | None = None, columns: list[str] | None = None) -> pl.DataFrame | None:
+    """Every live row of a Delta table, deletion vectors applied (delta-rs's pyarrow readers refuse tables with
+    them; polars reads them), or None when there is no table."""
+    root = local_root(uri)
+    if root is not None and not (root / "_delta_log").exists():
+        return None
+    return pl.read_delta(uri, version=version, columns=columns)
+
+
+def live_row_count(table: DeltaTable) -> int:
+    """Rows a reader sees: the files' rows less those their deletion vectors mark (delta-rs's count() counts
+    the marked rows too)."""
+    if not supports(table):
+        return table.count()
+    files = MergeOnReadTable(table).files()
+    return sum(json.loads(add.get("stats") or "{}").get("numRecords", 0)
+               - (add.get("deletionVector") or {}).get("cardinality", 0) for add in files.values())
