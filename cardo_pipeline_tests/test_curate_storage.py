@@ -7,11 +7,12 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cardo_pipeline.curate import storage
+from cardo_pipeline.curate.merge_on_read import supports
 from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID, CuratedLocations, CuratedStore
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
@@ -61,6 +62,26 @@ def test_curated_delta_tables_end_where_the_oracle_does(delivery: Delivery, data
         table = DeltaTable(uri)
         assert table.transaction_version(RAW_VERSION_APP_ID) == raw.version()
         assert table.load_cdf(starting_version=table.version()).read_all().num_rows == 0
+
+
+@settings(PROPERTIES, max_examples=15)
+@given(delivery=deliveries(), data=st.data())
+def test_tables_without_deletion_vectors_are_merged_copy_on_write_to_the_same_end(
+        delivery: Delivery, data: st.DataObject, tmp_path_factory) -> None:
+    """Tables made before deletion vectors (or on an object store) go through delta-rs MERGE: same result."""
+    if not delivery.batches:
+        return
+    lake = str(tmp_path_factory.mktemp("lake"))
+    locations = CuratedLocations.in_lake(lake, THINGS)
+    for uri, schema in ((locations.current, storage.current_schema(THINGS)),
+                        (locations.history, storage.history_schema(THINGS))):
+        write_deltalake(uri, schema.empty_table(), configuration={"delta.enableChangeDataFeed": "true"})
+        assert not supports(DeltaTable(uri))
+    apply_after = data.draw(st.lists(st.booleans(), min_size=len(delivery.batches), max_size=len(delivery.batches)))
+    raw, store = land_and_apply(delivery, lake, apply_after)
+    assert curated_rows(store.locations) == replay(delivery.delivered, THINGS)
+    assert store.applied_raw_version() == raw.version()
+    assert not supports(DeltaTable(locations.current))
 
 
 def two_inserts_then_an_update_and_a_delete() -> tuple[Source, list[dict]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.table import Table as IcebergTable
 
-from cardo_pipeline.curate.merge_on_read import read_live
 from cardo_pipeline.tables import SourceTable
 
 DELTA_VERSION_PROPERTY = "cardo.delta_version"
@@ -44,6 +44,9 @@ def sql_catalog(uri: str, warehouse: Path | str, name: str = "cardo") -> Catalog
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     Path(warehouse).mkdir(parents=True, exist_ok=True)
     return load_catalog(name, type="sql", uri=uri, warehouse=Path(warehouse).absolute().as_uri())
+
+
+COPY_ROWS = 500_000  # rows per append of a full copy (1M: a 10M-row copy peaked at ~4 GB)
 
 
 @dataclass
@@ -97,11 +100,14 @@ class IcebergMirror:
         changes = None if before is None else self._changes(delta, before + 1, latest)
         with iceberg.transaction() as tx:
             if changes is None:  # first run, or the feed no longer reaches back: copy everything
-                rows = self._live_rows(latest)
+                copied = 0
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                    tx.overwrite(rows, overwrite_filter=AlwaysTrue())
-                report.full_copy, report.rows_appended, report.keys_changed = True, rows.num_rows, rows.num_rows
+                    tx.delete(AlwaysTrue())
+                for rows in self._live_rows(latest):  # in pieces: a whole 10M-row table took ~10 GB at once
+                    tx.append(rows)
+                    copied += rows.num_rows
+                report.full_copy, report.rows_appended, report.keys_changed = True, copied, copied
             else:
                 keys, upserts = changes
                 if keys.num_rows:
@@ -138,9 +144,11 @@ class IcebergMirror:
         upserts = last.filter(pl.col(_CHANGE) != "delete").select(self.schema.names).to_arrow().cast(self.schema)
         return keys, upserts
 
-    def _live_rows(self, version: int) -> pa.Table:
-        live = read_live(self.delta_uri, version=version, columns=self.schema.names)
-        return (live.to_arrow() if live is not None else self.schema.empty_table()).cast(self.schema)
+    def _live_rows(self, version: int) -> Iterator[pa.Table]:
+        """The Delta version's live rows (deletion vectors applied), in pieces of COPY_ROWS."""
+        scan = pl.scan_delta(self.delta_uri, version=version).select(self.schema.names)
+        for piece in scan.collect_batches(chunk_size=COPY_ROWS):
+            yield piece.to_arrow().cast(self.schema)
 
     def _key_filter(self, keys: pa.Table) -> BooleanExpression:
         if len(self.key) == 1:
