@@ -126,3 +126,19 @@ def test_tables_without_the_feature_or_off_local_disks_are_not_written_this_way(
     assert not merge_on_read.supports(DeltaTable(uri))
     assert merge_on_read.supports(DeltaTable(_table(tmp_path)))
     assert merge_on_read.local_root("s3://bucket/lake/t") is None
+
+
+def test_purging_rewrites_files_whose_rows_are_largely_deleted_and_changes_no_row(tmp_path):
+    uri = _table(tmp_path, rows=20, files=2)  # ids 0-9 in one file, 10-19 in the other
+    table = MergeOnReadTable(DeltaTable(uri))
+    table.commit(table.read(SCHEMA, ["id"], pl.DataFrame({"id": [1, 2, 3, 15]})).select(FILE, ROW),
+                 SCHEMA.empty_table(), app_id="a", app_version=1, metadata={})
+    version = DeltaTable(uri).version()
+
+    assert MergeOnReadTable(DeltaTable(uri)).purge(min_deleted_share=0.2) == 1  # 3 of 10, not 1 of 10
+    after = MergeOnReadTable(DeltaTable(uri))
+    vectors = [add.get("deletionVector") for add in after.files().values()]
+    assert len(vectors) == 2 and sum(v is None for v in vectors) == 1
+    assert _ids_seen_by_every_reader(uri) == [0, *range(4, 15), *range(16, 20)]
+    delta = DeltaTable(uri)
+    assert pa.table(delta.load_cdf(starting_version=version + 1).read_all()).num_rows == 0  # no data change

@@ -1,5 +1,6 @@
-"""Table maintenance: small files compacted, files no version needs any more vacuumed, old Iceberg snapshots
-expired. Run by the scheduled `table_maintenance` job; nothing here changes a row.
+"""Table maintenance: files with many rows marked deleted rewritten without them, small files compacted, files
+no version needs any more vacuumed, old Iceberg snapshots expired. Run by the scheduled `table_maintenance` job;
+nothing here changes a row.
 
 Raw tables get a commit per Kafka batch and curated tables one per apply, so files stay small between runs;
 compaction rewrites them with dataChange=false, which readers of the change data feed skip. Vacuum keeps a week
@@ -14,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 from deltalake import DeltaTable
 
+from cardo_pipeline.curate.merge_on_read import MergeOnReadTable, supports
 from cardo_pipeline.ingest.delta_log import load_table
 
 DEFAULT_TARGET_FILE_BYTES = 128 * 1024 * 1024
 DEFAULT_RETENTION = timedelta(days=7)
+DEFAULT_PURGE_SHARE = 0.1  # a file is rewritten once a tenth of its rows are marked deleted
 
 
 @dataclass
@@ -27,16 +30,21 @@ class DeltaMaintenance:
     files_after: int = 0
     files_compacted: int = 0
     files_vacuumed: int = 0
+    files_purged: int = 0  # rewritten without the rows their deletion vectors mark
     version: int | None = None
 
 
 def maintain_delta_table(uri: str, *, target_file_bytes: int = DEFAULT_TARGET_FILE_BYTES,
-                         retention: timedelta = DEFAULT_RETENTION) -> DeltaMaintenance | None:
-    """Compact, vacuum and checkpoint one table (None when it does not exist yet)."""
+                         retention: timedelta = DEFAULT_RETENTION,
+                         min_deleted_share: float = DEFAULT_PURGE_SHARE) -> DeltaMaintenance | None:
+    """Purge deletion vectors, compact, vacuum and checkpoint one table (None when it does not exist yet)."""
     table = load_table(uri)
     if table is None:
         return None
     report = DeltaMaintenance(uri, files_before=len(table.file_uris()))
+    if supports(table):  # files whose rows are largely marked deleted are rewritten without them
+        report.files_purged = MergeOnReadTable(table).purge(min_deleted_share)
+        table = DeltaTable(uri)
     metrics = table.optimize.compact(target_size=target_file_bytes)
     report.files_compacted = int(metrics.get("numFilesRemoved", 0))
     report.files_vacuumed = len(table.vacuum(retention_hours=int(retention.total_seconds() // 3600),

@@ -180,9 +180,40 @@ class MergeOnReadTable:
                                                             "numAddedFiles": str(len(staged)),
                                                             "numOutputRows": str(rows.num_rows)},
                                        **metadata}})
+        return self._commit(actions)
+
+    def purge(self, min_deleted_share: float = 0.1) -> int:
+        """Rewrite each file whose deletion vector marks at least this share of its rows without those rows,
+        one commit per file, with dataChange false (change data feed readers and the apply skip it). Returns how
+        many files were rewritten. Readers skip marked rows, but still read them: this keeps that bounded."""
+        purged = 0
+        for path, add in list(self.files().items()):
+            vector = add.get("deletionVector")
+            records = json.loads(add.get("stats") or "{}").get("numRecords")
+            if not vector or not records or vector["cardinality"] < min_deleted_share * records:
+                continue
+            deleted = deletion_vectors.read(str(self.root), vector)
+            live = (pl.scan_parquet(self.root / path).with_row_index(ROW)
+                    .filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode())).drop(ROW).collect())
+            now = int(time.time() * 1000)
+            actions: list[dict] = [{"remove": {
+                "path": path, "deletionTimestamp": now, "dataChange": False, "extendedFileMetadata": True,
+                "partitionValues": add.get("partitionValues", {}), "size": add["size"], "deletionVector": vector}}]
+            actions += [{"add": {**staged, "modificationTime": now, "dataChange": False}}
+                        for staged in (self._stage(live.to_arrow()) if live.height else [])]
+            actions.append({"commitInfo": {"timestamp": now, "operation": "REORG", "engineInfo": ENGINE,
+                                           "operationParameters": {"purge": "deletion vectors"},
+                                           "operationMetrics": {"numDeletionVectorsRemoved": "1",
+                                                                "numRemovedRows": str(len(deleted))}}})
+            self._commit(actions)
+            purged += 1
+        return purged
+
+    def _commit(self, actions: list[dict]) -> int:
         version = self.version() + 1
         self._write_commit(version, actions)
         self.table.update_incremental()
+        files = self.files()
         for action in actions:
             if "remove" in action:
                 files.pop(action["remove"]["path"], None)

@@ -38,7 +38,8 @@ def maintain_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, l
             context.log_event(dg.AssetObservation(asset_key=key, metadata={
                 "maintenance/files_before": report.files_before, "maintenance/files_after": report.files_after,
                 "maintenance/files_compacted": report.files_compacted,
-                "maintenance/files_vacuumed": report.files_vacuumed, "delta_version": report.version,
+                "maintenance/files_vacuumed": report.files_vacuumed,
+                "maintenance/files_purged_of_deleted_rows": report.files_purged, "delta_version": report.version,
             }))
     from pyiceberg.exceptions import NoSuchTableError  # see defs/iceberg/assets.py: not at load time
 
