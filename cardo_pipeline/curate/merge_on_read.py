@@ -20,6 +20,7 @@ delta-rs, polars and DataFusion read the result, and the change data feed shows 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -119,31 +120,34 @@ class MergeOnReadTable:
 
     def read(self, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
         """The live rows (of `keys` only, when given) in `schema`, each with FILE and ROW."""
+        files = self.files()
+        path_type = pl.Enum(list(files))  # a file per row costs an index, not a string
+        target = pl.from_arrow(schema.empty_table())
+        assert isinstance(target, pl.DataFrame)
         scans = []
-        for path, add in self.files().items():
-            scan = pl.scan_parquet(self.root / path).with_row_index(ROW).with_columns(pl.lit(path).alias(FILE))
+        for path, add in files.items():
+            scan = pl.scan_parquet(self.root / path).with_row_index(ROW)
+            if keys is not None and len(key) == 1:
+                scan = scan.filter(pl.col(key[0]).is_in(keys[key[0]].unique().implode()))
             deleted = deletion_vectors.read(str(self.root), add.get("deletionVector"))
             if len(deleted):
                 scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
-            if keys is not None and len(key) == 1:
-                scan = scan.filter(pl.col(key[0]).is_in(keys[key[0]].unique().implode()))
-            scans.append(scan)
+            scans.append(scan.with_columns(pl.lit(path, path_type).alias(FILE)))
         if not scans or (keys is not None and keys.is_empty()):
-            empty = pl.from_arrow(schema.empty_table())
-            assert isinstance(empty, pl.DataFrame)
-            return empty.with_columns(pl.lit(None, pl.String).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
+            return target.with_columns(pl.lit(None, path_type).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
         frame = pl.concat(scans, how="diagonal_relaxed").collect()
         if keys is not None and len(key) > 1:
             frame = frame.join(keys.unique(), on=key, how="semi")
-        missing = [f for f in schema if f.name not in frame.columns]  # columns newer than some files
-        frame = frame.with_columns(pl.lit(None).alias(f.name) for f in missing)
-        located = frame.select(FILE, ROW)
-        rows = pl.from_arrow(frame.select(schema.names).to_arrow().cast(schema))
-        assert isinstance(rows, pl.DataFrame)
-        return rows.with_columns(located)
+        # in the schema's types (files written before a column was added lack it; casts only where types differ)
+        return frame.select(
+            *(pl.col(name).cast(dtype) if name in frame.columns and frame.schema[name] != dtype
+              else pl.col(name) if name in frame.columns else pl.lit(None, dtype).alias(name)
+              for name, dtype in target.schema.items()),
+            FILE, ROW)
 
     def commit(self, deleted: pl.DataFrame, rows: pa.Table, *, app_id: str, app_version: int,
-               metadata: Mapping[str, str], change_feed: pa.Table | None = None, operation: str = "MERGE") -> int:
+               metadata: Mapping[str, str], change_feed: pa.Table | pl.DataFrame | None = None,
+               operation: str = "MERGE") -> int:
         """One commit: the rows at `deleted` (FILE, ROW) marked deleted, `rows` appended, the app transaction
         moved. Returns the new version.
 
@@ -170,7 +174,7 @@ class MergeOnReadTable:
                                     "dataChange": True, "stats": _loose_stats(add.get("stats"))}})
         staged = self._stage(rows) if rows.num_rows else []
         actions += [{"add": {**add, "modificationTime": now}} for add in staged]
-        if change_feed is not None and change_feed.num_rows:
+        if change_feed is not None and len(change_feed):
             actions.append({"cdc": self._write_change_data(change_feed)})
         actions.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now}})
         actions.append({"commitInfo": {"timestamp": now, "operation": operation, "engineInfo": ENGINE,
@@ -239,12 +243,17 @@ class MergeOnReadTable:
             return adds
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last one out removes the staging directory
+                staging.parent.rmdir()
 
-    def _write_change_data(self, changes: pa.Table) -> dict:
+    def _write_change_data(self, changes: pa.Table | pl.DataFrame) -> dict:
         relative = f"_change_data/cdc-{uuid.uuid4()}.c000.snappy.parquet"
         target = self.root / relative
         target.parent.mkdir(exist_ok=True)
-        pq.write_table(changes, target, compression="snappy")
+        if isinstance(changes, pl.DataFrame):
+            changes.write_parquet(target, compression="snappy")  # polars writes columns in parallel
+        else:
+            pq.write_table(changes, target, compression="snappy")
         return {"path": relative, "partitionValues": {}, "size": target.stat().st_size, "dataChange": False}
 
     def _write_commit(self, version: int, actions: list[dict]) -> None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -132,10 +133,14 @@ def raw_increments(raw: DeltaTable, after: int | None, max_events: int) -> Itera
     except Exception:  # noqa: BLE001 - delta-rs raises a generic error for versions without a change feed
         yield raw.to_pyarrow_table().cast(schema), latest
         return
-    inserts = pc.equal(feed["_change_type"].cast(pa.string()), "insert")
-    rows, versions = _plain(feed, schema).filter(inserts), feed["_commit_version"].filter(inserts).to_numpy()
-    order = versions.argsort(kind="stable")
-    rows, versions = rows.take(order), versions[order]
+    rows, versions = _plain(feed, schema), feed["_commit_version"].to_numpy().astype(np.int64)  # uint64: diff wraps
+    changes = pc.unique(feed["_change_type"]).cast(pa.string()).to_pylist()
+    if changes != ["insert"]:  # raw tables are append-only: their feed is inserts (filtered for safety)
+        inserts = pc.equal(feed["_change_type"].cast(pa.string()), "insert")
+        rows, versions = rows.filter(inserts), versions[inserts.to_numpy(zero_copy_only=False)]
+    if len(versions) and (np.diff(versions) < 0).any():  # the feed comes in version order, mostly
+        order = versions.argsort(kind="stable")
+        rows, versions = rows.take(order), versions[order]
     start = 0
     while start < len(versions):
         end = min(start + max_events, len(versions))
@@ -299,13 +304,15 @@ CHANGE_TYPE = "_change_type"
 
 
 def _change_feed(schema: pa.Schema, before: pl.DataFrame, after: pl.DataFrame, inserted: pl.DataFrame,
-                 deleted: pl.DataFrame) -> pa.Table:
+                 deleted: pl.DataFrame) -> pl.DataFrame:
     """A commit's change data as a MERGE records it: updated rows before and after, inserted and deleted rows."""
-    parts = [frame.select(schema.names).to_arrow().cast(schema).append_column(
-        CHANGE_TYPE, pa.array([change] * frame.height, pa.string()))
+    types = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+    return pl.concat([
+        frame.select(pl.col(name).cast(dtype) for name, dtype in types.items()).with_columns(
+            pl.lit(change).alias(CHANGE_TYPE))
         for frame, change in ((before, "update_preimage"), (after, "update_postimage"), (inserted, "insert"),
-                              (deleted, "delete"))]
-    return pa.concat_tables(parts)
+                              (deleted, "delete"))
+    ])
 
 
 def _raw_version(commit: CommitProperties) -> int:
