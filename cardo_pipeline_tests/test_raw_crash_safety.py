@@ -60,12 +60,14 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(stack: Stack, tmp
     command, env = _ingest_command(tmp_path, prefix, stack, batch=2_000)
     chance = random.Random(20261123)
     kills_mid_work, seed = 0, 11
-    for _ in range(80):
+    for _ in range(120):
         if kills_mid_work >= KILLS:
             break
-        if _remaining(tmp_path, prefix, stack) == 0:  # ingest outran the kills: give it more to do
+        # ingest runs at ~100k events/s: topped up before it can outrun the kills (a run that ends before its
+        # kill tests nothing)
+        if _remaining(tmp_path, prefix, stack) < 150_000:
             seed += 1
-            expected += produce_book(bootstrap, prefix, loans=400, months=24, seed=seed)
+            expected += produce_book(bootstrap, prefix, loans=1_500, months=24, seed=seed)
         proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(chance.uniform(0.9, 2.0))  # start-up takes ~0.8 s: kills land mid-batch or mid-commit
         killed = proc.poll() is None
