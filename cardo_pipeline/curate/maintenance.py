@@ -43,7 +43,9 @@ def maintain_delta_table(uri: str, *, target_file_bytes: int = DEFAULT_TARGET_FI
         return None
     report = DeltaMaintenance(uri, files_before=len(table.file_uris()))
     if supports(table):  # files whose rows are largely marked deleted are rewritten without them
-        report.files_purged = MergeOnReadTable(table).purge(min_deleted_share)
+        merge_on_read = MergeOnReadTable(table)
+        merge_on_read.sweep_staging()
+        report.files_purged = merge_on_read.purge(min_deleted_share)
         table = DeltaTable(uri)
     metrics = table.optimize.compact(target_size=target_file_bytes)
     report.files_compacted = int(metrics.get("numFilesRemoved", 0))

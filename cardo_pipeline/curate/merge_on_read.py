@@ -41,6 +41,7 @@ FILE, ROW = "__cardo_file", "__cardo_row"  # where a row read by `read` is: its 
 CHECKPOINT_EVERY = 100  # commits, as delta-rs does for its own
 FEATURE = "deletionVectors"
 ENGINE = "cardo-pipeline merge-on-read"
+STAGING = "_cardo_staging"  # new files are written here first (hidden from readers: a leading underscore)
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -231,7 +232,7 @@ class MergeOnReadTable:
     def _stage(self, rows: pa.Table) -> list[dict]:
         """Write rows as data files of this table (delta-rs writes them and their statistics into a staging
         table beside it; the files move in, the staging log goes)."""
-        staging = self.root / "_cardo_staging" / uuid.uuid4().hex
+        staging = self.root / STAGING / uuid.uuid4().hex
         try:
             write_deltalake(str(staging), rows.cast(pa.schema(self.table.schema().to_arrow())))
             with open(staging / "_delta_log" / f"{0:020d}.json") as log:
@@ -245,6 +246,18 @@ class MergeOnReadTable:
             shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(OSError):  # the last one out removes the staging directory
                 staging.parent.rmdir()
+
+    def sweep_staging(self, older_than_s: float = 3600.0) -> int:
+        """Remove staging directories a crashed batch left (their files are in no version); returns how many."""
+        staging = self.root / STAGING
+        swept = 0
+        for directory in staging.glob("*") if staging.exists() else []:
+            if time.time() - directory.stat().st_mtime > older_than_s:
+                shutil.rmtree(directory, ignore_errors=True)
+                swept += 1
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+        return swept
 
     def _write_change_data(self, changes: pa.Table | pl.DataFrame) -> dict:
         relative = f"_change_data/cdc-{uuid.uuid4()}.c000.snappy.parquet"
