@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -207,13 +208,17 @@ class CuratedStore:
         if added:  # a truncate ends versions of keys the batch does not touch: every key is folded again
             old_history = writer.history_rows(None)
             touched = pl.concat([changes.select(self.key), old_history.select(self.key)]).unique()
+            old_current = writer.current_rows(touched)
         else:
             touched = changes.select(self.key).unique()
-            old_history = writer.history_rows(touched)
+            # both tables read at once: each scan waits on its files part of the time
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                current_read = pool.submit(writer.current_rows, touched)
+                old_history = writer.history_rows(touched)
+                old_current = current_read.result()
         log = fold_changes(log_from_history(_unlocated(old_history), self.table), changes, self.table, truncates)
         new_history = history_frame(log, truncates, self.table)
         new_current = current_frame(log, truncates, self.table).select(current_schema(self.table).names)
-        old_current = writer.current_rows(touched)
 
         commit = CommitProperties(
             app_transactions=[Transaction(app_id=RAW_VERSION_APP_ID, version=raw_version)],
