@@ -63,6 +63,7 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
         metadata = _materialization(first, curated_key(table))
         assert metadata["events_applied"] == len(events)
         assert metadata["dagster/row_count"] == len(expected_current)
+        assert metadata["data_files"] >= 1 and metadata["rows_marked_deleted"] >= 0
         assert metadata["rows_inserted"] == len(expected_current)  # a fresh table: every live row is new
         history_metadata = _materialization(first, curated_history_key(table))
         assert history_metadata["dagster/row_count"] >= len(expected_history)  # delete rows come on top

@@ -76,6 +76,8 @@ def test_a_commit_marks_rows_deleted_appends_rows_and_records_its_change_feed(tm
                            change_feed=feed)
 
     assert _ids_seen_by_every_reader(uri) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 11]
+    assert merge_on_read.file_summary(DeltaTable(uri)) == {
+        "live_rows": 10, "data_files": 3, "rows_marked_deleted": 3, "files_with_deletion_vectors": 2}
     assert pl.read_delta(uri).filter(pl.col("id").is_in([2, 7]))["name"].sort().to_list() == ["seven", "two"]
     delta = DeltaTable(uri)
     assert delta.transaction_version("test") == 4 and delta.version() == version

@@ -303,8 +303,17 @@ def read_live(uri: str, *, version: int | None = None, columns: list[str] | None
 def live_row_count(table: DeltaTable) -> int:
     """Rows a reader sees: the files' rows less those their deletion vectors mark (delta-rs's count() counts
     the marked rows too)."""
+    return file_summary(table)["live_rows"]
+
+
+def file_summary(table: DeltaTable) -> dict[str, int]:
+    """Live rows, data files, rows marked deleted and files carrying deletion vectors (what maintenance purges),
+    from the log alone."""
     if not supports(table):
-        return table.count()
-    files = MergeOnReadTable(table).files()
-    return sum(json.loads(add.get("stats") or "{}").get("numRecords", 0)
-               - (add.get("deletionVector") or {}).get("cardinality", 0) for add in files.values())
+        return {"live_rows": table.count(), "data_files": len(table.file_uris()), "rows_marked_deleted": 0,
+                "files_with_deletion_vectors": 0}
+    files = MergeOnReadTable(table).files().values()
+    marked = [(add.get("deletionVector") or {}).get("cardinality", 0) for add in files]
+    records = sum(json.loads(add.get("stats") or "{}").get("numRecords", 0) for add in files)
+    return {"live_rows": records - sum(marked), "data_files": len(marked), "rows_marked_deleted": sum(marked),
+            "files_with_deletion_vectors": sum(1 for m in marked if m)}

@@ -3,7 +3,7 @@ registry. Glue only: the apply is `curate.storage.CuratedStore`; the asset repor
 
 import dagster as dg
 
-from cardo_pipeline.curate.merge_on_read import live_row_count
+from cardo_pipeline.curate.merge_on_read import file_summary
 from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, CuratedStore
 from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
@@ -21,6 +21,16 @@ def curated_locations(lake: LakeResource, table: SourceTable) -> CuratedLocation
         history=lake.location(*curated_history_key(table).path),
         truncates=lake.location("curated", "_truncates", table.name),
     )
+
+
+def _layout(table) -> dict:
+    """Row count and the merge-on-read state a user watches: rows marked deleted wait for maintenance's purge."""
+    if table is None:
+        return {"dagster/row_count": 0}
+    summary = file_summary(table)
+    return {"dagster/row_count": summary["live_rows"], "data_files": summary["data_files"],
+            "rows_marked_deleted": summary["rows_marked_deleted"],
+            "files_with_deletion_vectors": summary["files_with_deletion_vectors"]}
 
 
 def _common(report: ApplyReport) -> dict[str, object]:
@@ -67,14 +77,12 @@ def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
         report = CuratedStore(table, locations).apply(log=context.log.info)
         current_table, history_table = load_table(locations.current), load_table(locations.history)
         yield dg.MaterializeResult(asset_key=current, metadata={
-            **_common(report),
-            "dagster/row_count": live_row_count(current_table) if current_table is not None else 0,
+            **_common(report), **_layout(current_table),
             "delta_version": report.current_version if report.current_version is not None else -1,
             "rows_inserted": report.inserted, "rows_updated": report.updated, "rows_deleted": report.deleted,
         })
         yield dg.MaterializeResult(asset_key=history, metadata={
-            **_common(report),
-            "dagster/row_count": live_row_count(history_table) if history_table is not None else 0,
+            **_common(report), **_layout(history_table),
             "delta_version": report.history_version if report.history_version is not None else -1,
             "history_rows_written": report.history_rows_written,
         })
