@@ -172,7 +172,6 @@ def curated_figures(settings: CardoSettings) -> dict:
 
     from cardo_pipeline.curate.merge_on_read import read_live
     from cardo_pipeline.defs.resources import IcebergResource
-    from cardo_pipeline.ingest.delta_log import load_table
 
     figures: dict = {"curated_rows": {}, "iceberg_rows": {}, "reconciliation": {}}
     iceberg = IcebergResource()
@@ -180,11 +179,9 @@ def curated_figures(settings: CardoSettings) -> dict:
     with psycopg.connect(settings.pg_dsn) as conn:
         for table in SOURCE_TABLES:
             names = table.column_names
-            current = load_table(str(settings.lake_dir / "curated" / table.name))
-            if current is None:
-                continue
             curated = read_live(str(settings.lake_dir / "curated" / table.name), columns=names)
-            assert curated is not None
+            if curated is None:
+                continue
             figures["curated_rows"][table.name] = curated.height
             if catalog.table_exists(iceberg.identifier(table.name)):
                 figures["iceberg_rows"][table.name] = catalog.load_table(

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cardo_pipeline.curate import deletion_vectors, merge_on_read
-from cardo_pipeline.curate.merge_on_read import FILE, ROW, ConcurrentCommitError, MergeOnReadTable, live_row_count
+from cardo_pipeline.curate.merge_on_read import FILE, ROW, ConcurrentCommitError, MergeOnReadTable, file_summary
 
 SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string())])
 CONFIGURATION = {"delta.enableDeletionVectors": "true", "delta.enableChangeDataFeed": "true"}
@@ -59,7 +59,7 @@ def _ids_seen_by_every_reader(uri: str) -> list[int]:
     by_datafusion = sorted(pa.table(QueryBuilder().register("t", table).execute("select id from t").read_all())
                            ["id"].to_pylist())
     assert by_polars == by_datafusion
-    assert live_row_count(table) == len(by_polars)
+    assert file_summary(table)["live_rows"] == len(by_polars)
     return by_polars
 
 

@@ -10,7 +10,6 @@ from cardo_pipeline.curate.apply import LSN, OFFSET
 from cardo_pipeline.curate.key_diff import diff_by_key
 from cardo_pipeline.curate.merge_on_read import read_live
 from cardo_pipeline.curate.storage import CuratedLocations
-from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SourceTable
 
 
@@ -29,7 +28,7 @@ class Agreement:
 
 
 def _read(uri: str) -> pl.DataFrame | None:
-    return read_live(uri) if load_table(uri) is not None else None
+    return read_live(uri)
 
 
 def compare_current_with_history(table: SourceTable, locations: CuratedLocations, sample_size: int = 5

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 
 from cardo_pipeline.curate import deletion_vectors
+from cardo_pipeline.ingest.delta_log import load_table
 
 FILE, ROW = "__cardo_file", "__cardo_row"  # where a row read by `read` is: its data file and physical position
 CHECKPOINT_EVERY = 100  # commits, as delta-rs does for its own
@@ -127,12 +128,9 @@ class MergeOnReadTable:
         assert isinstance(target, pl.DataFrame)
         scans = []
         for path, add in files.items():
-            scan = pl.scan_parquet(self.root / path).with_row_index(ROW)
+            scan = self._live_scan(path, add)
             if keys is not None and len(key) == 1:
                 scan = scan.filter(pl.col(key[0]).is_in(keys[key[0]].unique().implode()))
-            deleted = deletion_vectors.read(str(self.root), add.get("deletionVector"))
-            if len(deleted):
-                scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
             scans.append(scan.with_columns(pl.lit(path, path_type).alias(FILE)))
         if not scans or (keys is not None and keys.is_empty()):
             return target.with_columns(pl.lit(None, path_type).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
@@ -145,6 +143,14 @@ class MergeOnReadTable:
               else pl.col(name) if name in frame.columns else pl.lit(None, dtype).alias(name)
               for name, dtype in target.schema.items()),
             FILE, ROW)
+
+    def _live_scan(self, path: str, add: Mapping) -> pl.LazyFrame:
+        """A data file's rows that its deletion vector does not mark, with their physical positions (ROW)."""
+        scan = pl.scan_parquet(self.root / path).with_row_index(ROW)
+        deleted = deletion_vectors.read(str(self.root), add.get("deletionVector"))
+        if len(deleted):
+            scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
+        return scan
 
     def commit(self, deleted: pl.DataFrame, rows: pa.Table, *, app_id: str, app_version: int,
                metadata: Mapping[str, str], change_feed: pa.Table | pl.DataFrame | None = None,
@@ -197,9 +203,7 @@ class MergeOnReadTable:
             records = json.loads(add.get("stats") or "{}").get("numRecords")
             if not vector or not records or vector["cardinality"] < min_deleted_share * records:
                 continue
-            deleted = deletion_vectors.read(str(self.root), vector)
-            live = (pl.scan_parquet(self.root / path).with_row_index(ROW)
-                    .filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode())).drop(ROW).collect())
+            live = self._live_scan(path, add).drop(ROW).collect()
             now = int(time.time() * 1000)
             actions: list[dict] = [{"remove": {
                 "path": path, "deletionTimestamp": now, "dataChange": False, "extendedFileMetadata": True,
@@ -209,7 +213,7 @@ class MergeOnReadTable:
             actions.append({"commitInfo": {"timestamp": now, "operation": "REORG", "engineInfo": ENGINE,
                                            "operationParameters": {"purge": "deletion vectors"},
                                            "operationMetrics": {"numDeletionVectorsRemoved": "1",
-                                                                "numRemovedRows": str(len(deleted))}}})
+                                                                "numRemovedRows": str(vector["cardinality"])}}})
             self._commit(actions)
             purged += 1
         return purged
@@ -294,21 +298,15 @@ def _loose_stats(stats: str | None) -> str | None:
 def read_live(uri: str, *, version: int | None = None, columns: list[str] | None = None) -> pl.DataFrame | None:
     """Every live row of a Delta table, deletion vectors applied (delta-rs's pyarrow readers refuse tables with
     them; polars reads them), or None when there is no table."""
-    root = local_root(uri)
-    if root is not None and not (root / "_delta_log").exists():
+    if load_table(uri) is None:
         return None
     return pl.read_delta(uri, version=version, columns=columns)
 
 
-def live_row_count(table: DeltaTable) -> int:
-    """Rows a reader sees: the files' rows less those their deletion vectors mark (delta-rs's count() counts
-    the marked rows too)."""
-    return file_summary(table)["live_rows"]
-
-
 def file_summary(table: DeltaTable) -> dict[str, int]:
-    """Live rows, data files, rows marked deleted and files carrying deletion vectors (what maintenance purges),
-    from the log alone."""
+    """Live rows (the files' rows less those their deletion vectors mark: delta-rs's count() counts them too),
+    data files, rows marked deleted and files carrying deletion vectors (what maintenance purges), from the log
+    alone."""
     if not supports(table):
         return {"live_rows": table.count(), "data_files": len(table.file_uris()), "rows_marked_deleted": 0,
                 "files_with_deletion_vectors": 0}

@@ -216,19 +216,18 @@ class CuratedStore:
                 current_read = pool.submit(writer.current_rows, touched)
                 old_history = writer.history_rows(touched)
                 old_current = current_read.result()
-        log = fold_changes(log_from_history(_unlocated(old_history), self.table), changes, self.table, truncates)
+        history_before, current_before = _unlocated(old_history), _unlocated(old_current)
+        log = fold_changes(log_from_history(history_before, self.table), changes, self.table, truncates)
         new_history = history_frame(log, truncates, self.table)
         new_current = current_frame(log, truncates, self.table).select(current_schema(self.table).names)
 
-        commit = CommitProperties(
-            app_transactions=[Transaction(app_id=RAW_VERSION_APP_ID, version=raw_version)],
-            custom_metadata={"cardo.raw_version": str(raw_version), "cardo.events": str(raw_rows.num_rows)},
-        )
+        commit = _BatchCommit(raw_version, {"cardo.raw_version": str(raw_version),
+                                            "cardo.events": str(raw_rows.num_rows)})
         history_key = [*self.key, "valid_from_lsn", "valid_from_offset"]
-        history_changes = _differing(new_history, _unlocated(old_history), history_key)
+        history_changes = _differing(new_history, history_before, history_key)
         writer.write_history(old_history, history_changes, history_key, commit)
-        upserts = _differing(new_current, _unlocated(old_current), self.key)
-        gone = _unlocated(old_current).join(new_current.select(self.key), on=self.key, how="anti")
+        upserts = _differing(new_current, current_before, self.key)
+        gone = current_before.join(new_current.select(self.key), on=self.key, how="anti")
         writer.write_current(old_current, upserts, gone.select(self.key), commit, report)
         report.events += raw_rows.num_rows
         report.batches += 1
@@ -244,18 +243,29 @@ def _unlocated(rows: pl.DataFrame) -> pl.DataFrame:
 class _Writer:
     """How a batch reads the rows it folds and writes what changed (one commit per table)."""
 
+    store: CuratedStore
+
     def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
-        raise NotImplementedError
+        """The history rows of `keys` (all, for None), sorted by key and valid_from."""
+        rows = self._history(history_schema(self.store.table), keys)
+        return rows.sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
 
     def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
+        """The current rows of `keys`, sorted by key and sequence."""
+        return self._current(current_schema(self.store.table), keys).sort([*self.store.key, *SEQUENCE])
+
+    def _history(self, schema: pa.Schema, keys: pl.DataFrame | None) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
         raise NotImplementedError
 
     def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: CommitProperties) -> None:
+                      commit: _BatchCommit) -> None:
         raise NotImplementedError
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
-                      commit: CommitProperties, report: ApplyReport) -> None:
+                      commit: _BatchCommit, report: ApplyReport) -> None:
         raise NotImplementedError
 
 
@@ -265,30 +275,24 @@ class _MergeOnReadWriter(_Writer):
     def __init__(self, store: CuratedStore, current: MergeOnReadTable, history: MergeOnReadTable):
         self.store, self.current, self.history = store, current, history
 
-    def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
-        rows = self.history.read(history_schema(self.store.table), self.store.key, keys)
-        return rows.sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
+    def _history(self, schema: pa.Schema, keys: pl.DataFrame | None) -> pl.DataFrame:
+        return self.history.read(schema, self.store.key, keys)
 
-    def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
-        return self.current.read(current_schema(self.store.table), self.store.key, keys).sort(
-            [*self.store.key, *SEQUENCE])
-
-    @staticmethod
-    def _metadata(commit: CommitProperties) -> dict[str, str]:
-        return dict(commit.custom_metadata or {})
+    def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
+        return self.current.read(schema, self.store.key, keys)
 
     def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: CommitProperties) -> None:
+                      commit: _BatchCommit) -> None:
         replaced = old.join(changed.select(on), on=on, how="semi", nulls_equal=True)
         schema = history_schema(self.store.table)
         feed = _change_feed(schema, replaced, changed.join(replaced.select(on), on=on, how="semi", nulls_equal=True),
                             changed.join(replaced.select(on), on=on, how="anti", nulls_equal=True), old.clear())
         self.history.commit(replaced.select(FILE, ROW), changed.select(schema.names).to_arrow().cast(schema),
-                            app_id=RAW_VERSION_APP_ID, app_version=_raw_version(commit),
-                            metadata=self._metadata(commit), change_feed=feed)
+                            app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version,
+                            metadata=commit.metadata, change_feed=feed)
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
-                      commit: CommitProperties, report: ApplyReport) -> None:
+                      commit: _BatchCommit, report: ApplyReport) -> None:
         key = self.store.key
         changed_keys = pl.concat([upserts.select(key), gone.select(key)])
         replaced = old.join(changed_keys, on=key, how="semi", nulls_equal=True)
@@ -298,8 +302,8 @@ class _MergeOnReadWriter(_Writer):
                             updates, upserts.join(old.select(key), on=key, how="anti", nulls_equal=True),
                             replaced.join(gone, on=key, how="semi", nulls_equal=True))
         self.current.commit(replaced.select(FILE, ROW), upserts.select(schema.names).to_arrow().cast(schema),
-                            app_id=RAW_VERSION_APP_ID, app_version=_raw_version(commit),
-                            metadata=self._metadata(commit), change_feed=feed)
+                            app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version,
+                            metadata=commit.metadata, change_feed=feed)
         report.updated += updates.height
         report.inserted += upserts.height - updates.height
         report.deleted += gone.height
@@ -320,9 +324,18 @@ def _change_feed(schema: pa.Schema, before: pl.DataFrame, after: pl.DataFrame, i
     ])
 
 
-def _raw_version(commit: CommitProperties) -> int:
-    (transaction,) = commit.app_transactions or []
-    return transaction.version
+@dataclass(frozen=True)
+class _BatchCommit:
+    """What each table's commit of a batch records: the last raw version applied (a Delta app transaction) and
+    the commit metadata."""
+
+    raw_version: int
+    metadata: dict[str, str]
+
+    def properties(self) -> CommitProperties:
+        """As delta-rs writes take it."""
+        return CommitProperties(app_transactions=[Transaction(app_id=RAW_VERSION_APP_ID, version=self.raw_version)],
+                                custom_metadata=self.metadata)
 
 
 class _MergeWriter(_Writer):
@@ -331,29 +344,29 @@ class _MergeWriter(_Writer):
     def __init__(self, store: CuratedStore, current: DeltaTable, history: DeltaTable):
         self.store, self.current, self.history = store, current, history
 
-    def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
-        return _read(self.history, history_schema(self.store.table), self.store.key, keys)
+    def _history(self, schema: pa.Schema, keys: pl.DataFrame | None) -> pl.DataFrame:
+        return _read(self.history, schema, self.store.key, keys)
 
-    def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
-        return _read(self.current, current_schema(self.store.table), self.store.key, keys)
+    def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
+        return _read(self.current, schema, self.store.key, keys)
 
     def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: CommitProperties) -> None:
+                      commit: _BatchCommit) -> None:
         table = self.store.table
         if changed.is_empty():
-            _commit_only(self.history, history_schema(table), commit)
+            _commit_only(self.history, history_schema(table), commit.properties())
             return
         condition = " AND ".join(f"t.{c} = s.{c}" for c in on)
         schema = pa.schema([f.with_nullable(True) for f in history_schema(table)])
         (self.history.merge(changed.to_arrow().cast(schema), condition, source_alias="s", target_alias="t",
-                            commit_properties=commit)
+                            commit_properties=commit.properties())
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
-                      commit: CommitProperties, report: ApplyReport) -> None:
+                      commit: _BatchCommit, report: ApplyReport) -> None:
         schema = current_schema(self.store.table)
         if upserts.is_empty() and gone.is_empty():
-            _commit_only(self.current, schema, commit)
+            _commit_only(self.current, schema, commit.properties())
             return
         source = pl.concat([
             upserts.select(schema.names).with_columns(pl.lit(True).alias(LIVE)),
@@ -361,7 +374,8 @@ class _MergeWriter(_Writer):
         ], how="diagonal_relaxed").to_arrow()
         source = source.cast(pa.schema([*(f.with_nullable(True) for f in schema), pa.field(LIVE, pa.bool_())]))
         on = " AND ".join(f"t.{c} = s.{c}" for c in self.store.key)
-        result = (self.current.merge(source, on, source_alias="s", target_alias="t", commit_properties=commit)
+        result = (self.current.merge(source, on, source_alias="s", target_alias="t",
+                                     commit_properties=commit.properties())
                   .when_matched_delete(predicate=f"s.{LIVE} = false")
                   .when_matched_update_all(except_cols=[LIVE])
                   .when_not_matched_insert_all(predicate=f"s.{LIVE} = true", except_cols=[LIVE])
@@ -372,7 +386,7 @@ class _MergeWriter(_Writer):
 
 
 def _read(table: DeltaTable, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
-    """The table's rows (of `keys` only, when given), sorted by key and sequence."""
+    """The table's rows (of `keys` only, when given)."""
     dataset = table.to_pyarrow_dataset()
     if keys is None:
         rows = dataset.to_table()
@@ -388,8 +402,7 @@ def _read(table: DeltaTable, schema: pa.Schema, key: list[str], keys: pl.DataFra
     assert isinstance(frame, pl.DataFrame)
     if keys is not None and len(key) > 1 and not frame.is_empty():
         frame = frame.join(keys, on=key, how="semi")  # the per-column isin is a superset for composite keys
-    sequence = ["valid_from_lsn", "valid_from_offset"] if "valid_from_lsn" in schema.names else SEQUENCE
-    return frame.sort([*key, *sequence])
+    return frame
 
 
 def _differing(new: pl.DataFrame, old: pl.DataFrame, on: list[str]) -> pl.DataFrame:
@@ -404,6 +417,6 @@ def _differing(new: pl.DataFrame, old: pl.DataFrame, on: list[str]) -> pl.DataFr
     return joined.filter(pl.col(present).is_null() | differs).select(new.columns)
 
 
-def _commit_only(table: DeltaTable, schema: pa.Schema, commit: CommitProperties) -> None:
+def _commit_only(table: DeltaTable, schema: pa.Schema, commit: _BatchCommit) -> None:
     """A commit with no rows that still moves the applied raw version."""
     write_deltalake(table, schema.empty_table(), mode="append", commit_properties=commit)
