@@ -31,6 +31,9 @@ UNCHANGED_TOAST = "_cardo_unchanged_toast"  # the event's columns that were TOAS
 SOURCE_TS = "_cardo_source_ts"
 UPSERT_OPS = ("c", "u", "r")  # insert, update, snapshot read
 SEQUENCE = [LSN, OFFSET]
+# On a log row (optional column): its values stand resolved, because no earlier row of its key is in the log
+# (the storage layer folds a key's last stored row alone when every new event follows it)
+RESOLVED = "_cardo_resolved"
 
 
 def log_schema(table: SourceTable) -> pa.Schema:
@@ -85,24 +88,35 @@ def fold_changes(log: pl.DataFrame, changes: pl.DataFrame, table: SourceTable,
     sorted by key and sequence, TOAST-unchanged columns resolved."""
     key = list(table.primary_key)
     merged = (
-        pl.concat([log, changes], how="vertical")
+        pl.concat([log, changes], how="diagonal" if RESOLVED in log.columns else "vertical")
         .unique(subset=[*key, *SEQUENCE], keep="first", maintain_order=True)  # the log's row wins a duplicate
         .sort([*key, *SEQUENCE])
     )
     if not table.toasted or merged.is_empty():
-        return merged
+        return merged.drop(RESOLVED, strict=False)
     # A live stretch of a key: from an upsert after a delete or truncate up to the next one. Within a stretch a
-    # TOAST-unchanged column takes the last value an event provided.
-    stretch = (
-        ((pl.col(OP) == "delete").cast(pl.UInt32).cum_sum() + _after_truncate(truncates)).over(key).alias("_stretch")
-    )
-    merged = merged.with_columns(stretch, pl.int_range(pl.len()).alias("_row"))
+    # TOAST-unchanged column takes the last value an event provided. The rows are sorted by key and sequence, so
+    # stretches are runs of rows (window functions over the key cost a hundred times more)
+    starts = ~_same_key_as(1, key) | (pl.col(OP) == "delete")
+    if truncates:
+        truncated = _after_truncate(truncates)
+        starts = starts | (truncated != truncated.shift(1)).fill_null(True)
+    merged = merged.with_columns(starts.alias("_starts"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"))
     resolved = []
     for column in table.toasted:
         left_unchanged = (pl.col(OP) == "upsert") & pl.col(UNCHANGED_TOAST).list.contains(column).fill_null(False)
-        provider = pl.when(~left_unchanged).then(pl.col("_row")).forward_fill().over([*key, "_stretch"])
-        resolved.append(pl.col(column).gather(provider).alias(column))
-    return merged.with_columns(resolved).drop("_stretch", "_row")
+        if RESOLVED in merged.columns:
+            left_unchanged = left_unchanged & ~pl.col(RESOLVED).fill_null(False)
+        # the last providing row at or before each row; -1 marks a stretch that starts without one
+        provider = (pl.when(~left_unchanged).then(pl.col("_row")).when(pl.col("_starts")).then(pl.lit(-1))
+                    .otherwise(None).forward_fill())
+        resolved.append(pl.col(column).gather(pl.when(provider >= 0).then(provider)).alias(column))
+    return merged.with_columns(resolved).drop("_starts", "_row", RESOLVED, strict=False)
+
+
+def _same_key_as(step: int, key: list[str]) -> pl.Expr:
+    """Whether the row `step` rows away (-1: the next, 1: the previous) has the same key (rows sorted by key)."""
+    return pl.all_horizontal(pl.col(name).shift(step) == pl.col(name) for name in key).fill_null(False)
 
 
 @dataclass(frozen=True)
@@ -151,11 +165,11 @@ def history_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: So
     key's next event or the first truncate after it, whichever is first), is_current; a delete is a row of its
     own with is_deleted (its key columns only), as dbt snapshots record hard deletes. The unchanged-TOAST marks
     are kept, so the rows can be read back as the change log."""
-    key = list(table.primary_key)
+    next_is_same_key = _same_key_as(-1, list(table.primary_key))
     log = log.with_columns(
-        pl.col(LSN).shift(-1).over(key).alias("valid_to_lsn"),
-        pl.col(OFFSET).shift(-1).over(key).alias("valid_to_offset"),
-        pl.col(SOURCE_TS).shift(-1).over(key).alias("valid_to_ts"),
+        pl.when(next_is_same_key).then(pl.col(LSN).shift(-1)).alias("valid_to_lsn"),
+        pl.when(next_is_same_key).then(pl.col(OFFSET).shift(-1)).alias("valid_to_offset"),
+        pl.when(next_is_same_key).then(pl.col(SOURCE_TS).shift(-1)).alias("valid_to_ts"),
     )
     for lsn, offset in reversed(truncates):  # the first truncate after valid_from ends it when earlier
         after_from = (pl.col(LSN) < lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) < offset))
@@ -177,13 +191,15 @@ def history_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: So
 
 
 def log_from_history(history: pl.DataFrame, table: SourceTable) -> pl.DataFrame:
-    """The change log back from SCD2 rows (`history_frame`'s layout): what the next batch folds into."""
-    return _typed(history.select(
+    """The change log back from SCD2 rows (`history_frame`'s layout): what the next batch folds into (with
+    RESOLVED, when the rows have it)."""
+    log = _typed(history.select(
         *[c.name for c in table.columns],
         pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET),
         pl.when(pl.col("is_deleted")).then(pl.lit("delete")).otherwise(pl.lit("upsert")).alias(OP),
         UNCHANGED_TOAST, pl.col("valid_from_ts").alias(SOURCE_TS),
     ), table)
+    return log.with_columns(history[RESOLVED]) if RESOLVED in history.columns else log
 
 
 def current_state(state: CuratedTables, table: SourceTable) -> pl.DataFrame:

@@ -42,6 +42,7 @@ FILE, ROW = "__cardo_file", "__cardo_row"  # where a row read by `read` is: its 
 CHECKPOINT_EVERY = 100  # commits, as delta-rs does for its own
 FEATURE = "deletionVectors"
 ENGINE = "cardo-pipeline merge-on-read"
+GLOBAL_ROW = "__cardo_global_row"
 STAGING = "_cardo_staging"  # new files are written here first (hidden from readers: a leading underscore)
 
 
@@ -121,28 +122,48 @@ class MergeOnReadTable:
         return files
 
     def read(self, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
-        """The live rows (of `keys` only, when given) in `schema`, each with FILE and ROW."""
+        """The live rows (of `keys` only, when given) in `schema` (its columns only), each with FILE and ROW."""
         files = self.files()
-        path_type = pl.Enum(list(files))  # a file per row costs an index, not a string
         target = pl.from_arrow(schema.empty_table())
         assert isinstance(target, pl.DataFrame)
-        scans = []
-        for path, add in files.items():
-            scan = self._live_scan(path, add)
-            if keys is not None and len(key) == 1:
-                scan = scan.filter(pl.col(key[0]).is_in(keys[key[0]].unique().implode()))
-            scans.append(scan.with_columns(pl.lit(path, path_type).alias(FILE)))
-        if not scans or (keys is not None and keys.is_empty()):
-            return target.with_columns(pl.lit(None, path_type).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
-        frame = pl.concat(scans, how="diagonal_relaxed").collect()
+        paths = list(files)
+        path_type = pl.Enum(paths)  # a file per row costs an index, not a string
+        located = target.with_columns(pl.lit(None, path_type).alias(FILE), pl.lit(None, pl.UInt32).alias(ROW))
+        if not paths or (keys is not None and keys.is_empty()):
+            return located
+        counts = [json.loads(files[path].get("stats") or "{}").get("numRecords") for path in paths]
+        if None in counts:  # files without statistics (not written by delta-rs): one scan each
+            return pl.concat([self._file_rows(path, path_type, target.schema, key, keys) for path in paths])
+        # One scan of all files (a third faster than one per file); a row's global index gives its file and
+        # position through the files' row counts, and rows marked deleted are dropped after the key filter
+        starts = np.cumsum([0, *counts])
+        scan = pl.scan_parquet([str(self.root / path) for path in paths], row_index_name=GLOBAL_ROW,
+                               schema=target.schema, missing_columns="insert", extra_columns="ignore")
+        if keys is not None:
+            scan = scan.filter(_key_filter(key, keys))
+        frame = scan.collect()
+        index = frame[GLOBAL_ROW].to_numpy().astype(np.int64)
+        marked = [starts[i] + deletion_vectors.read(str(self.root), files[path].get("deletionVector"))
+                  for i, path in enumerate(paths) if files[path].get("deletionVector")]
+        live = ~np.isin(index, np.concatenate(marked)) if marked else np.ones(len(index), bool)
+        file_index = np.searchsorted(starts, index[live], side="right") - 1
+        frame = frame.filter(pl.Series(live)).drop(GLOBAL_ROW).with_columns(
+            pl.Series(FILE, np.array(paths, dtype=object)[file_index], dtype=pl.String).cast(path_type),
+            pl.Series(ROW, index[live] - starts[file_index], dtype=pl.UInt32))
         if keys is not None and len(key) > 1:
-            frame = frame.join(keys.unique(), on=key, how="semi")
-        # in the schema's types (files written before a column was added lack it; casts only where types differ)
+            frame = frame.join(keys.unique(), on=key, how="semi")  # the per-column filter is a superset
+        return frame
+
+    def _file_rows(self, path: str, path_type: pl.Enum, schema: pl.Schema, key: list[str],
+                   keys: pl.DataFrame | None) -> pl.DataFrame:
+        scan = self._live_scan(path, self.files()[path])
+        if keys is not None:
+            scan = scan.filter(_key_filter(key, keys))
+        frame = scan.collect()
         return frame.select(
-            *(pl.col(name).cast(dtype) if name in frame.columns and frame.schema[name] != dtype
-              else pl.col(name) if name in frame.columns else pl.lit(None, dtype).alias(name)
-              for name, dtype in target.schema.items()),
-            FILE, ROW)
+            *(pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+              for name, dtype in schema.items()),
+            pl.lit(path, path_type).alias(FILE), ROW)
 
     def _live_scan(self, path: str, add: Mapping) -> pl.LazyFrame:
         """A data file's rows that its deletion vector does not mark, with their physical positions (ROW)."""
@@ -268,7 +289,9 @@ class MergeOnReadTable:
         target = self.root / relative
         target.parent.mkdir(exist_ok=True)
         if isinstance(changes, pl.DataFrame):
-            changes.write_parquet(target, compression="snappy")  # polars writes columns in parallel
+            # polars writes columns in parallel; no statistics (readers of change data do not skip files by
+            # them, and they cost 40% of the write)
+            changes.write_parquet(target, compression="snappy", statistics=False)
         else:
             pq.write_table(changes, target, compression="snappy")
         return {"path": relative, "partitionValues": {}, "size": target.stat().st_size, "dataChange": False}
@@ -284,6 +307,11 @@ class MergeOnReadTable:
                 from None
         finally:
             temporary.unlink()
+
+
+def _key_filter(key: list[str], keys: pl.DataFrame) -> pl.Expr:
+    """Rows whose key columns are each among `keys`' values (exact for one column, a superset for more)."""
+    return pl.all_horizontal(pl.col(name).is_in(keys[name].unique().implode()) for name in key)
 
 
 def _loose_stats(stats: str | None) -> str | None:
