@@ -17,6 +17,7 @@ A delete stays in the log as the key's tombstone, so a late, older insert cannot
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -71,7 +72,15 @@ def changes_from_raw(raw: pa.Table, table: SourceTable) -> tuple[pl.DataFrame, l
 
 
 def _typed(frame: pl.DataFrame, table: SourceTable) -> pl.DataFrame:
-    return pl.from_arrow(frame.to_arrow().cast(log_schema(table)))  # type: ignore[return-value]
+    """The frame in the log's types (cast in polars: a trip through Arrow costs a copy of every string)."""
+    types = _log_types(table)
+    return frame.select(pl.col(name) if frame.schema[name] == dtype else pl.col(name).cast(dtype)
+                        for name, dtype in types.items())
+
+
+@functools.cache
+def _log_types(table: SourceTable) -> pl.Schema:
+    return pl.from_arrow(log_schema(table).empty_table()).schema  # type: ignore[union-attr]
 
 
 def _after_truncate(truncates: list[tuple[int, int]]) -> pl.Expr:

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 
 from cardo_pipeline.curate import deletion_vectors
 from cardo_pipeline.ingest.delta_log import load_table
@@ -44,6 +44,7 @@ FEATURE = "deletionVectors"
 ENGINE = "cardo-pipeline merge-on-read"
 GLOBAL_ROW = "__cardo_global_row"
 STAGING = "_cardo_staging"  # new files are written here first (hidden from readers: a leading underscore)
+ROWS_PER_FILE = 1_000_000  # new data files hold at most this many rows
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -173,7 +174,7 @@ class MergeOnReadTable:
             scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
         return scan
 
-    def commit(self, deleted: pl.DataFrame, rows: pa.Table, *, app_id: str, app_version: int,
+    def commit(self, deleted: pl.DataFrame, rows: pl.DataFrame | pa.Table, *, app_id: str, app_version: int,
                metadata: Mapping[str, str], change_feed: pa.Table | pl.DataFrame | None = None,
                operation: str = "MERGE") -> int:
         """One commit: the rows at `deleted` (FILE, ROW) marked deleted, `rows` appended, the app transaction
@@ -183,6 +184,7 @@ class MergeOnReadTable:
         record it (an updated row as update_preimage and update_postimage); without it, readers derive the
         feed from the deletion vectors and new files, an update then reading as a delete and an insert."""
         now = int(time.time() * 1000)
+        added_rows = len(rows)
         files = self.files()
         actions: list[dict] = []
         vectors = {}
@@ -200,7 +202,7 @@ class MergeOnReadTable:
             actions.append({"remove": remove})
             actions.append({"add": {**add, "deletionVector": descriptor, "modificationTime": now,
                                     "dataChange": True, "stats": _loose_stats(add.get("stats"))}})
-        staged = self._stage(rows) if rows.num_rows else []
+        staged = self._stage(rows) if added_rows else []
         actions += [{"add": {**add, "modificationTime": now}} for add in staged]
         if change_feed is not None and len(change_feed):
             actions.append({"cdc": self._write_change_data(change_feed)})
@@ -210,7 +212,7 @@ class MergeOnReadTable:
                                        "operationMetrics": {"numDeletionVectorsAdded": str(len(descriptors)),
                                                             "numTargetRowsDeleted": str(deleted.height),
                                                             "numAddedFiles": str(len(staged)),
-                                                            "numOutputRows": str(rows.num_rows)},
+                                                            "numOutputRows": str(added_rows)},
                                        **metadata}})
         return self._commit(actions)
 
@@ -230,7 +232,7 @@ class MergeOnReadTable:
                 "path": path, "deletionTimestamp": now, "dataChange": False, "extendedFileMetadata": True,
                 "partitionValues": add.get("partitionValues", {}), "size": add["size"], "deletionVector": vector}}]
             actions += [{"add": {**staged, "modificationTime": now, "dataChange": False}}
-                        for staged in (self._stage(live.to_arrow()) if live.height else [])]
+                        for staged in (self._stage(live) if live.height else [])]
             actions.append({"commitInfo": {"timestamp": now, "operation": "REORG", "engineInfo": ENGINE,
                                            "operationParameters": {"purge": "deletion vectors"},
                                            "operationMetrics": {"numDeletionVectorsRemoved": "1",
@@ -254,18 +256,28 @@ class MergeOnReadTable:
             self.table.create_checkpoint()
         return version
 
-    def _stage(self, rows: pa.Table) -> list[dict]:
-        """Write rows as data files of this table (delta-rs writes them and their statistics into a staging
-        table beside it; the files move in, the staging log goes)."""
+    def _stage(self, rows: pl.DataFrame | pa.Table) -> list[dict]:
+        """Write rows as data files of this table, with their add actions. Written by polars (delta-rs's writer
+        needs an Arrow copy of every string first, which cost more than the write) into a staging directory, then
+        moved in; the statistics are the exact ones (row count, null counts, integer and date bounds)."""
+        frame = pl.from_arrow(rows) if isinstance(rows, pa.Table) else rows
+        assert isinstance(frame, pl.DataFrame)
+        types = pl.from_arrow(pa.schema(self.table.schema().to_arrow()).empty_table()).schema  # type: ignore[union-attr]
+        frame = frame.select(
+            (pl.col(name) if frame.schema[name] == dtype else pl.col(name).cast(dtype)) if name in frame.columns
+            else pl.lit(None, dtype).alias(name) for name, dtype in types.items())
         staging = self.root / STAGING / uuid.uuid4().hex
+        staging.mkdir(parents=True)
         try:
-            write_deltalake(str(staging), rows.cast(pa.schema(self.table.schema().to_arrow())))
-            with open(staging / "_delta_log" / f"{0:020d}.json") as log:
-                adds = [json.loads(line)["add"] for line in log if line.startswith('{"add"')]
-            for add in adds:
-                target = self.root / add["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / add["path"], target)
+            adds = []
+            for start in range(0, frame.height, ROWS_PER_FILE):
+                piece = frame.slice(start, ROWS_PER_FILE)
+                name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+                piece.write_parquet(staging / name, compression="snappy")
+                os.replace(staging / name, self.root / name)
+                adds.append({"path": name, "partitionValues": {}, "size": (self.root / name).stat().st_size,
+                             "modificationTime": int(time.time() * 1000), "dataChange": True,
+                             "stats": _exact_stats(piece)})
             return adds
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -312,6 +324,26 @@ class MergeOnReadTable:
 def _key_filter(key: list[str], keys: pl.DataFrame) -> pl.Expr:
     """Rows whose key columns are each among `keys`' values (exact for one column, a superset for more)."""
     return pl.all_horizontal(pl.col(name).is_in(keys[name].unique().implode()) for name in key)
+
+
+def _exact_stats(frame: pl.DataFrame) -> str:
+    """Delta file statistics: row count, null counts of the flat columns, bounds of integer and date columns
+    (text, decimal and time bounds are left out: their encodings differ between writers, and a missing bound only
+    costs a reader a file it could have skipped)."""
+    flat = [name for name, dtype in frame.schema.items() if not dtype.is_nested()]
+    bounded = [name for name, dtype in frame.schema.items() if dtype.is_integer() or dtype == pl.Date]
+    summary = frame.select(
+        *(pl.col(name).null_count().alias(f"n:{name}") for name in flat),
+        *(pl.col(name).min().alias(f"min:{name}") for name in bounded),
+        *(pl.col(name).max().alias(f"max:{name}") for name in bounded)).row(0, named=True)
+
+    def bounds(kind: str) -> dict:
+        values = {name: summary[f"{kind}:{name}"] for name in bounded if summary[f"{kind}:{name}"] is not None}
+        return {name: value.isoformat() if hasattr(value, "isoformat") else value for name, value in values.items()}
+
+    return json.dumps({"numRecords": frame.height, "minValues": bounds("min"), "maxValues": bounds("max"),
+                       "nullCount": {name: summary[f"n:{name}"] for name in flat}, "tightBounds": True},
+                      separators=(",", ":"))
 
 
 def _loose_stats(stats: str | None) -> str | None:

@@ -389,7 +389,7 @@ class _MergeOnReadWriter(_Writer):
         schema = history_schema(self.store.table)
         feed = _change_feed(schema, replaced, changed.join(replaced.select(on), on=on, how="semi", nulls_equal=True),
                             changed.join(replaced.select(on), on=on, how="anti", nulls_equal=True), old.clear())
-        self.history.commit(replaced.select(FILE, ROW), changed.select(schema.names).to_arrow().cast(schema),
+        self.history.commit(replaced.select(FILE, ROW), changed.select(schema.names),
                             app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version,
                             metadata=commit.metadata, change_feed=feed)
 
@@ -403,7 +403,7 @@ class _MergeOnReadWriter(_Writer):
         feed = _change_feed(schema, replaced.join(updates.select(key), on=key, how="semi", nulls_equal=True),
                             updates, upserts.join(old.select(key), on=key, how="anti", nulls_equal=True),
                             replaced.join(gone, on=key, how="semi", nulls_equal=True))
-        self.current.commit(replaced.select(FILE, ROW), upserts.select(schema.names).to_arrow().cast(schema),
+        self.current.commit(replaced.select(FILE, ROW), upserts.select(schema.names),
                             app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version,
                             metadata=commit.metadata, change_feed=feed)
         report.updated += updates.height
