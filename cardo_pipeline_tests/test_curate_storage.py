@@ -4,6 +4,8 @@ what a plain replay gives; a batch delivered again must change nothing, not even
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -104,6 +106,14 @@ def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
     changes = sorted(zip(feed["_change_type"].to_list(), feed["id"].to_list(), strict=True))
     assert changes == [("delete", 2), ("update_postimage", 1), ("update_preimage", 1)]
     assert curated_rows(store.locations)[0] == [{"id": 1, "name": "a2", "amount": None, "notes": "n1"}]
+    # the history's feed comes from its deletion vectors: each closed version as its open image deleted and its
+    # closed image inserted, beside the new versions (row 1's update, row 2's delete)
+    history = DeltaTable(store.locations.history)
+    feed = pl.from_arrow(pa.table(history.load_cdf(starting_version=history.version()).read_all()))
+    rows = feed.select("_change_type", "id", "name", "is_current", "is_deleted").sort(pl.all()).rows()
+    assert rows == [("delete", 1, "a", True, False), ("delete", 2, "b", True, False),
+                    ("insert", 1, "a", False, False), ("insert", 1, "a2", True, False),
+                    ("insert", 2, None, True, True), ("insert", 2, "b", False, False)]
 
 
 def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, monkeypatch) -> None:
@@ -128,3 +138,38 @@ def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, m
     report = store.apply()
     assert report.history_rows_written == 0 and (report.inserted, report.updated, report.deleted) == (1, 1, 1)
     assert curated_rows(store.locations) == replay(source.events, THINGS)
+
+
+@pytest.mark.parametrize("merge_on_read", [True, False])
+def test_tombstones_expire_only_when_asked_and_then_a_late_insert_counts_as_new(tmp_path, monkeypatch,
+                                                                                merge_on_read: bool) -> None:
+    if not merge_on_read:  # tables made before deletion vectors: delta-rs deletes the rows
+        monkeypatch.setattr(storage, "CURATED_CONFIGURATION", {"delta.enableChangeDataFeed": "true"})
+    source = Source()
+    source.insert(1, name="a", amount=None, notes=None, lsn=200)
+    source.insert(2, name="b", amount=None, notes=None, lsn=201)
+    deleted = source.delete(1, lsn=300)
+    raw, store = land_and_apply(Delivery(list(source.events), [list(source.events)]), str(tmp_path), [True])
+    assert supports(DeltaTable(store.locations.history)) == merge_on_read
+    with pytest.raises(ValueError, match="tombstone retention must be at least 7 days"):
+        store.expire_tombstones(timedelta(days=6))
+
+    deleted_at = deleted["source_ts"]
+    assert store.expire_tombstones(timedelta(days=7), now=deleted_at + timedelta(days=6)) == 0  # still kept
+    late = Source()
+    late.lsn = 250  # an insert of key 1 older than its delete, arriving now
+    late.insert(1, name="late", amount=None, notes=None)
+    raw.append(arrow(late.events), "cardo.public.things", {0: 2}, {})
+    store.apply()
+    assert curated_rows(store.locations)[0] == [{"id": 2, "name": "b", "amount": None, "notes": None}]
+
+    assert store.expire_tombstones(timedelta(days=7), now=deleted_at + timedelta(days=8)) == 1
+    history = pl.read_delta(store.locations.history)
+    assert sorted(history["id"].unique().to_list()) == [2]  # key 1's versions went with its tombstone
+    assert curated_rows(store.locations)[0] == [{"id": 2, "name": "b", "amount": None, "notes": None}]
+    again = Source()
+    again.lsn = 260
+    again.insert(1, name="later", amount=None, notes=None)
+    raw.append(arrow(again.events), "cardo.public.things", {0: 3}, {})
+    store.apply()
+    assert [row["name"] for row in curated_rows(store.locations)[0]] == ["later", "b"]

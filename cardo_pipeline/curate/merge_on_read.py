@@ -174,11 +174,12 @@ class MergeOnReadTable:
             scan = scan.filter(~pl.col(ROW).is_in(pl.Series(deleted, dtype=pl.UInt32).implode()))
         return scan
 
-    def commit(self, deleted: pl.DataFrame, rows: pl.DataFrame | pa.Table, *, app_id: str, app_version: int,
+    def commit(self, deleted: pl.DataFrame, rows: pl.DataFrame | pa.Table, *, app_id: str | None = None,
+               app_version: int | None = None,
                metadata: Mapping[str, str], change_feed: pa.Table | pl.DataFrame | None = None,
                operation: str = "MERGE") -> int:
         """One commit: the rows at `deleted` (FILE, ROW) marked deleted, `rows` appended, the app transaction
-        moved. Returns the new version.
+        (when given) moved. Returns the new version.
 
         `change_feed` (the table's columns and `_change_type`) is this commit's change data, as a MERGE would
         record it (an updated row as update_preimage and update_postimage); without it, readers derive the
@@ -206,7 +207,8 @@ class MergeOnReadTable:
         actions += [{"add": {**add, "modificationTime": now}} for add in staged]
         if change_feed is not None and len(change_feed):
             actions.append({"cdc": self._write_change_data(change_feed)})
-        actions.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now}})
+        if app_id is not None:
+            actions.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now}})
         actions.append({"commitInfo": {"timestamp": now, "operation": operation, "engineInfo": ENGINE,
                                        "operationParameters": {"mode": "merge-on-read"},
                                        "operationMetrics": {"numDeletionVectorsAdded": str(len(descriptors)),
