@@ -12,8 +12,8 @@ Measured in the same run:
 - naive: one delta-rs MERGE of the batch reduced to each key's last event into an unbucketed table of the same
   N rows, as kafka2delta does (no history, no tombstones, no TOAST handling);
 - iceberg: `IcebergMirror.sync` of the applied batch (after an untimed first copy);
-- verified: the curated rows of every touched key equal the oracle's replay of those keys' initial rows and
-  events, and the untouched keys are all still there.
+- verified: the curated rows and SCD2 versions of every touched key equal the oracle's replay of those keys'
+  initial rows and events, and the untouched keys are all still there.
 """
 
 from __future__ import annotations
@@ -266,15 +266,21 @@ def touched_keys(events: pa.Table) -> np.ndarray:
 def verify(locations: CuratedLocations, initial: pa.Table, events: pa.Table, touched: np.ndarray,
            rows: int) -> bool:
     """Touched keys: equal to the oracle's replay of their initial rows and events. The rest: still there."""
+    # the initial rows as snapshot reads at the sequence build_book gave them (LSN loan_id * 10, offset 0), each on
+    # a partition of its own: the oracle tells events apart by their Kafka position
     snapshot = [{"op": "r", "key": json.dumps({"loan_id": r["loan_id"]}), "before": None, "after": r,
                  "unchanged_toast": [], "source_lsn": r["loan_id"] * 10, "source_tx_id": 0, "snapshot": "true",
-                 "offset": i, "partition": 0, "topic": "bench.snapshot", "source_ts": r["updated_at"]}
+                 "offset": 0, "partition": i, "topic": "bench.snapshot", "source_ts": r["updated_at"]}
                 for i, r in enumerate(initial.to_pylist())]
-    expected_current, _ = replay(snapshot + events.to_pylist(), LOANS)
+    expected_current, expected_history = replay(snapshot + events.to_pylist(), LOANS)
     current = pl.scan_delta(locations.current).select(LOANS.column_names)
     mine = current.filter(pl.col("loan_id").is_in(touched)).sort("loan_id").collect().to_dicts()
     untouched = current.filter(~pl.col("loan_id").is_in(touched)).select(pl.len()).collect().item()
-    return mine == expected_current and untouched == rows - initial.num_rows
+    versions = ["valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
+    history = (pl.scan_delta(locations.history).filter(pl.col("loan_id").is_in(touched) & ~pl.col("is_deleted"))
+               .select(*LOANS.column_names, *versions).sort(["loan_id", "valid_from_lsn", "valid_from_offset"])
+               .collect().to_dicts())
+    return mine == expected_current and history == expected_history and untouched == rows - initial.num_rows
 
 
 def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:

@@ -330,8 +330,8 @@ class CuratedStore:
         stored = heads.select(*key, pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET))
         # an event the history holds is a duplicate: the stored row wins, as in fold_changes
         changes = changes.join(stored, on=[*key, *SEQUENCE], how="anti", nulls_equal=True)
-        first = changes.sort([*key, *SEQUENCE]).group_by(key, maintain_order=True).first().select(
-            *key, pl.col(LSN).alias("__first_lsn"), pl.col(OFFSET).alias("__first_offset"))
+        first = changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]).group_by(key, maintain_order=True).first(
+        ).select(*key, pl.col(LSN).alias("__first_lsn"), pl.col(OFFSET).alias("__first_offset"))
         now = _unlocated(old_current).select(
             *key, pl.col(LSN).alias("__current_lsn"), pl.col(OFFSET).alias("__current_offset"))
         last = (heads.group_by(key, maintain_order=True).last()
