@@ -27,6 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -203,10 +204,13 @@ class MergeOnReadTable:
             actions.append({"remove": remove})
             actions.append({"add": {**add, "deletionVector": descriptor, "modificationTime": now,
                                     "dataChange": True, "stats": _loose_stats(add.get("stats"))}})
-        staged = self._stage(rows) if added_rows else []
-        actions += [{"add": {**add, "modificationTime": now}} for add in staged]
-        if change_feed is not None and len(change_feed):
-            actions.append({"cdc": self._write_change_data(change_feed)})
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the change data file is written beside the new files
+            change_data = (pool.submit(self._write_change_data, change_feed)
+                           if change_feed is not None and len(change_feed) else None)
+            staged = self._stage(rows) if added_rows else []
+            actions += [{"add": {**add, "modificationTime": now}} for add in staged]
+            if change_data is not None:
+                actions.append({"cdc": change_data.result()})
         if app_id is not None:
             actions.append({"txn": {"appId": app_id, "version": app_version, "lastUpdated": now}})
         actions.append({"commitInfo": {"timestamp": now, "operation": operation, "engineInfo": ENGINE,
