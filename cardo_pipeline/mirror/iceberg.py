@@ -2,12 +2,16 @@
 
 Per run: the Delta versions after the one last mirrored (a table property of the Iceberg table,
 `cardo.delta_version`) are read from the change data feed and reduced to each key's last change; one Iceberg
-transaction deletes every changed key and appends the keys' new rows, and moves the property with them, so a
-reader never sees half a batch and a run that dies before its commit is simply done again. The first run (or
-one whose Delta versions are no longer in the feed) copies the whole current state in one overwrite.
+snapshot deletes the rows of every changed key and appends the keys' new rows, and the same catalog commit moves
+the property, so a reader never sees half a batch and a run that dies before its commit is simply done again.
+The first run (or one whose Delta versions are no longer in the feed) copies the whole current state in one
+snapshot that replaces every file.
 
-Deletes are by key (`In` filter), which pyiceberg applies copy-on-write to the files that hold those keys;
-pyiceberg's `upsert` compares rows one by one (about 16k rows/s here) and cannot delete.
+Deletes are merge-on-read (`mirror.position_deletes`): the changed keys' rows are located (data file, row
+position) and written as position delete files, which readers apply; no data file is rewritten (pyiceberg's own
+delete rewrites every file a key sits in: 18 s for 200k keys in 10M rows). Delete files slow reads as they pile
+up, so `compact_mirror` (the maintenance job) rewrites the live rows once enough of them are deleted. A format
+version 1 table (no delete files) falls back to pyiceberg's copy-on-write delete by key.
 """
 
 from __future__ import annotations
@@ -24,9 +28,18 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In, Or
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In, Or
 from pyiceberg.table import Table as IcebergTable
 
+from cardo_pipeline.mirror.position_deletes import (
+    TableStats,
+    commit_row_delta,
+    live_pieces,
+    locate,
+    replace_all,
+    supports_position_deletes,
+    table_stats,
+)
 from cardo_pipeline.tables import SourceTable
 
 DELTA_VERSION_PROPERTY = "cardo.delta_version"
@@ -46,7 +59,9 @@ def sql_catalog(uri: str, warehouse: Path | str, name: str = "cardo") -> Catalog
     return load_catalog(name, type="sql", uri=uri, warehouse=Path(warehouse).absolute().as_uri())
 
 
-COPY_ROWS = 500_000  # rows per append of a full copy (1M: a 10M-row copy peaked at ~4 GB)
+COPY_ROWS = 500_000  # rows per piece written by a full copy or a compaction (1M: a 10M-row copy peaked at ~4 GB)
+COMPACT_DELETED_SHARE = 0.10  # compact once this share of the rows written is deleted by position ...
+COMPACT_DELETE_FILES = 100  # ... or this many delete files are live (each one is a file every scan opens)
 
 
 @dataclass
@@ -56,9 +71,29 @@ class MirrorReport:
     delta_version: int | None
     keys_changed: int = 0
     rows_appended: int = 0
+    rows_deleted_by_position: int = 0
+    delete_files_written: int = 0
     full_copy: bool = False
     snapshot_id: int | None = None
-    rows: int = 0
+    rows: int = 0  # live rows: the rows written minus those deleted by position
+    position_deletes: int = 0  # in the table now, until a compaction
+    delete_files: int = 0
+    seconds: float = 0.0
+
+    def take_counts(self, stats: TableStats) -> None:
+        self.rows, self.position_deletes = stats.live_rows, stats.position_deletes
+        self.delete_files = stats.delete_files
+
+
+@dataclass
+class CompactionReport:
+    compacted: bool
+    rows: int  # live rows, the same before and after
+    position_deletes_before: int = 0
+    delete_files_before: int = 0
+    data_files_before: int = 0
+    data_files_after: int = 0
+    snapshot_id: int | None = None
     seconds: float = 0.0
 
 
@@ -80,7 +115,9 @@ class IcebergMirror:
         except NoSuchTableError:
             namespace = self.identifier.rsplit(".", 1)[0]
             self.catalog.create_namespace_if_not_exists(namespace)
-            return self.catalog.create_table_if_not_exists(self.identifier, schema=self.schema)
+            # Version 2 explicitly (pyiceberg's default today): the first with position deletes
+            return self.catalog.create_table_if_not_exists(self.identifier, schema=self.schema,
+                                                           properties={"format-version": "2"})
 
     def mirrored_version(self, iceberg: IcebergTable | None = None) -> int | None:
         iceberg = iceberg or self.iceberg_table()
@@ -95,36 +132,43 @@ class IcebergMirror:
         before = self.mirrored_version(iceberg)
         report = MirrorReport(self.identifier, before, before)
         if before == latest:
-            report.rows, report.seconds = self._count(iceberg), time.monotonic() - started
+            report.take_counts(table_stats(iceberg))
+            report.seconds = time.monotonic() - started
             return report
         changes = None if before is None else self._changes(delta, before + 1, latest)
-        with iceberg.transaction() as tx:
-            if changes is None:  # first run, or the feed no longer reaches back: copy everything
-                copied = 0
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                    tx.delete(AlwaysTrue())
-                for rows in self._live_rows(latest):  # in pieces: a whole 10M-row table took ~10 GB at once
-                    tx.append(rows)
-                    copied += rows.num_rows
-                report.full_copy, report.rows_appended, report.keys_changed = True, copied, copied
+        properties = {DELTA_VERSION_PROPERTY: str(latest)}
+        if changes is None:  # first run, or the feed no longer reaches back: copy everything
+            # in pieces (a whole 10M-row table took ~10 GB at once), replacing every data and delete file
+            copied = replace_all(iceberg, self._live_rows(latest), properties).rows_written
+            report.full_copy, report.rows_appended, report.keys_changed = True, copied, copied
+        else:
+            keys, upserts = changes
+            report.keys_changed, report.rows_appended = keys.num_rows, upserts.num_rows
+            if supports_position_deletes(iceberg):
+                committed = commit_row_delta(iceberg, locate(iceberg, keys), upserts, properties)
+                report.rows_deleted_by_position = committed.rows_deleted
+                report.delete_files_written = committed.delete_files_written
             else:
-                keys, upserts = changes
-                if keys.num_rows:
-                    with warnings.catch_warnings():  # new keys match nothing, and pyiceberg says so each time
-                        warnings.filterwarnings("ignore", "Delete operation did not match any records")
-                        tx.delete(self._key_filter(keys))
-                if upserts.num_rows:
-                    tx.append(upserts)
-                report.keys_changed, report.rows_appended = keys.num_rows, upserts.num_rows
-            tx.set_properties({DELTA_VERSION_PROPERTY: str(latest)})
+                self._copy_on_write(iceberg, keys, upserts, properties)
         iceberg = self.catalog.load_table(self.identifier)
         snapshot = iceberg.current_snapshot()
         report.delta_version = latest
         report.snapshot_id = None if snapshot is None else snapshot.snapshot_id
-        report.rows = self._count(iceberg)
+        report.take_counts(table_stats(iceberg))
         report.seconds = time.monotonic() - started
         return report
+
+    def _copy_on_write(self, iceberg: IcebergTable, keys: pa.Table, upserts: pa.Table,
+                       properties: dict[str, str]) -> None:
+        """A format version 1 table: pyiceberg deletes the keys by rewriting the files that hold them."""
+        with iceberg.transaction() as tx:
+            if keys.num_rows:
+                with warnings.catch_warnings():  # new keys match nothing, and pyiceberg says so each time
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    tx.delete(self._key_filter(keys))
+            if upserts.num_rows:
+                tx.append(upserts)
+            tx.set_properties(properties)
 
     def _changes(self, delta: DeltaTable, start: int, end: int) -> tuple[pa.Table, pa.Table] | None:
         """(every changed key, the new rows of the keys still live), or None when the feed cannot give them."""
@@ -155,8 +199,21 @@ class IcebergMirror:
             return In(self.key[0], pc.unique(keys[self.key[0]]).to_pylist())
         return Or(*(And(*(EqualTo(name, value) for name, value in row.items())) for row in keys.to_pylist()))
 
-    def _count(self, iceberg: IcebergTable) -> int:
-        snapshot = iceberg.current_snapshot()
-        if snapshot is None or snapshot.summary is None:
-            return 0
-        return int(snapshot.summary.get("total-records", 0))
+
+def compact_mirror(iceberg: IcebergTable, *, min_deleted_share: float = COMPACT_DELETED_SHARE,
+                   max_delete_files: int = COMPACT_DELETE_FILES, rows_per_piece: int = COPY_ROWS) -> CompactionReport:
+    """Rewrite the mirror's live rows without delete files, when enough rows are deleted or delete files live.
+
+    One snapshot replaces every data and delete file with the live rows, read from the mirror itself and written a
+    piece at a time (memory stays about one piece). The table properties (`cardo.delta_version`) stay as they are:
+    a sync that commits first makes the compaction fail (`ConcurrentChangeError`) rather than undo its rows."""
+    started = time.monotonic()
+    stats = table_stats(iceberg)
+    report = CompactionReport(False, stats.live_rows, stats.position_deletes, stats.delete_files, stats.data_files,
+                              stats.data_files)
+    if stats.delete_files and (stats.deleted_share >= min_deleted_share or stats.delete_files >= max_delete_files):
+        committed = replace_all(iceberg, live_pieces(iceberg, rows_per_piece))
+        report.compacted, report.rows = True, committed.rows_written
+        report.data_files_after, report.snapshot_id = committed.data_files_written, committed.snapshot_id
+    report.seconds = time.monotonic() - started
+    return report

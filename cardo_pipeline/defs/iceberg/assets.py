@@ -39,8 +39,9 @@ def build_iceberg_asset(table: SourceTable) -> dg.AssetsDefinition:
         kinds={"iceberg"},
         description=(
             f"`curated/{table.name}` mirrored into Iceberg: each run reads the Delta change data feed since the "
-            "version last mirrored and applies it in one Iceberg transaction (changed keys deleted, their new rows "
-            "appended, the Delta version recorded as the table property cardo.delta_version)."
+            "version last mirrored and applies it in one Iceberg snapshot (the changed keys' rows deleted by "
+            "position delete files, their new rows appended, the Delta version recorded as the table property "
+            "cardo.delta_version). The maintenance job folds the delete files back into the data."
         ),
         metadata={"primary_key": ", ".join(table.primary_key)},
         tags={"cardo/layer": "iceberg"},
@@ -58,6 +59,10 @@ def build_iceberg_asset(table: SourceTable) -> dg.AssetsDefinition:
             "delta_version_mirrored": report.delta_version if report.delta_version is not None else -1,
             "keys_changed": report.keys_changed,
             "rows_appended": report.rows_appended,
+            "rows_deleted_by_position": report.rows_deleted_by_position,
+            "delete_files_written": report.delete_files_written,
+            "position_deletes": report.position_deletes,  # in the table until the next compaction
+            "delete_files": report.delete_files,
             "full_copy": report.full_copy,
             "events_per_second": round(report.keys_changed / report.seconds, 1) if report.seconds else 0.0,
         })
