@@ -311,3 +311,31 @@ def test_the_maintenance_job_compacts_a_mirror_whose_rows_are_deleted_a_tenth(tm
     report = lake.mirror.sync()  # the Delta tables' compaction is versions without changes: only the property moves
     assert (report.keys_changed, report.delete_files_written) == (0, 0)
     assert_mirrors_delta(lake, report)
+
+
+def test_the_comparison_finds_rows_missing_stray_or_different_in_the_mirror(tmp_path) -> None:
+    from cardo_pipeline.mirror.compare import compare_mirror
+
+    lake = Lake(str(tmp_path))
+    source = Source()
+    for i in range(1, 5):
+        source.insert(i, name=f"n{i}", amount=None, notes="long notes" if i % 2 else None)
+    lake.land_and_apply(source.events)
+    lake.mirror.sync()
+    agreed = compare_mirror(lake.mirror)
+    assert agreed.passed and agreed.delta_rows == agreed.iceberg_rows == 4
+
+    iceberg = lake.mirror.iceberg_table()
+    rows = iceberg.scan().to_arrow()
+    changed = rows.filter(pa.compute.equal(rows["id"], 2)).set_column(
+        rows.schema.get_field_index("name"), "name", pa.array(["tampered"], rows.schema.field("name").type))
+    stray = rows.filter(pa.compute.equal(rows["id"], 1)).set_column(
+        0, "id", pa.array([99], rows.schema.field("id").type))
+    with iceberg.transaction() as tx:  # id 3 goes, id 2 changes, id 99 appears
+        tx.delete("id IN (2, 3)")
+        tx.append(pa.concat_tables([changed, stray]))
+    found = compare_mirror(lake.mirror)
+    assert not found.passed
+    assert (found.only_in_delta, found.only_in_iceberg, found.differing) == (1, 1, 1)
+    assert {(s["problem"], s["id"]) for s in found.samples} == {("only in delta", 3), ("only in iceberg", 99),
+                                                                ("differs", 2)}

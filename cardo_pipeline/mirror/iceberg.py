@@ -139,7 +139,7 @@ class IcebergMirror:
         properties = {DELTA_VERSION_PROPERTY: str(latest)}
         if changes is None:  # first run, or the feed no longer reaches back: copy everything
             # in pieces (a whole 10M-row table took ~10 GB at once), replacing every data and delete file
-            copied = replace_all(iceberg, self._live_rows(latest), properties).rows_written
+            copied = replace_all(iceberg, self.live_rows(latest), properties).rows_written
             report.full_copy, report.rows_appended, report.keys_changed = True, copied, copied
         else:
             keys, upserts = changes
@@ -188,7 +188,7 @@ class IcebergMirror:
         upserts = last.filter(pl.col(_CHANGE) != "delete").select(self.schema.names).to_arrow().cast(self.schema)
         return keys, upserts
 
-    def _live_rows(self, version: int) -> Iterator[pa.Table]:
+    def live_rows(self, version: int) -> Iterator[pa.Table]:
         """The Delta version's live rows (deletion vectors applied), in pieces of COPY_ROWS."""
         scan = pl.scan_delta(self.delta_uri, version=version).select(self.schema.names)
         for piece in scan.collect_batches(chunk_size=COPY_ROWS):
