@@ -60,3 +60,39 @@ def test_maintenance_refuses_a_retention_of_zero_days(tmp_path) -> None:
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "retention_days" in str(failure.event_specific_data.error)
+
+
+def test_maintenance_forgets_long_deleted_keys_only_when_a_tombstone_retention_is_set(tmp_path, monkeypatch) -> None:
+    import polars as pl
+
+    import cardo_pipeline.defs.maintenance.jobs as jobs
+
+    monkeypatch.setattr(jobs, "SOURCE_TABLES", (*SOURCE_TABLES, THINGS))
+    lake = Lake(str(tmp_path))
+    source = Source()  # its events are from 2024: their deletes are long past any retention
+    for i in (1, 2):
+        source.insert(i, name=f"n{i}", amount=None, notes=None)
+    source.delete(1)
+    lake.land_and_apply(source.events)
+    resources = {"lake": LakeResource(root=str(tmp_path)), "iceberg": IcebergResource(
+        catalog_uri=f"sqlite:///{tmp_path}/iceberg/catalog.db", warehouse=str(tmp_path / "iceberg" / "wh"))}
+
+    def history_keys() -> list[int]:
+        return sorted(pl.read_delta(lake.store.locations.history)["id"].unique().to_list())
+
+    assert table_maintenance.execute_in_process(resources=resources).success
+    assert history_keys() == [1, 2]  # unset: tombstones stay as long as the history
+    refused = table_maintenance.execute_in_process(
+        resources=resources, raise_on_error=False,
+        run_config={"ops": {"maintain_tables": {"config": {"tombstone_retention_days": 3}}}})
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "tombstone_retention_days must be at least 7" in str(failure.event_specific_data.error)
+    result = table_maintenance.execute_in_process(
+        resources=resources, run_config={"ops": {"maintain_tables": {"config": {"tombstone_retention_days": 7}}}})
+    assert history_keys() == [2]
+    [observed] = [e.asset_observation_data.asset_observation.metadata for e in result.get_asset_observation_events()
+                  if e.asset_observation_data.asset_observation.asset_key.to_user_string() == "curated/things_history"
+                  and "maintenance/deleted_keys_forgotten" in e.asset_observation_data.asset_observation.metadata]
+    assert observed["maintenance/deleted_keys_forgotten"].value == 1
+    assert curated_rows(lake.store.locations)[0] == [{"id": 2, "name": "n2", "amount": None, "notes": None}]

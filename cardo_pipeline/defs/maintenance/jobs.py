@@ -10,6 +10,8 @@ from cardo_pipeline.curate.maintenance import (
     expire_iceberg_snapshots,
     maintain_delta_table,
 )
+from cardo_pipeline.curate.storage import CuratedStore
+from cardo_pipeline.defs.curated.assets import curated_locations
 from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.iceberg.assets import iceberg_key
 from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
@@ -20,6 +22,9 @@ from cardo_pipeline.tables import SOURCE_TABLES
 class MaintenanceConfig(dg.Config):
     target_file_mb: int = DEFAULT_TARGET_FILE_BYTES // 2**20
     retention_days: int = DEFAULT_RETENTION.days  # versions (time travel) and Iceberg snapshots kept
+    # Keys deleted longer ago than this are forgotten with their history (a late event for one then counts as
+    # new); unset, tombstones stay as long as the history. At least 7.
+    tombstone_retention_days: int | None = None
 
 
 @dg.op(description="Compact and vacuum every raw and curated Delta table; compact the Iceberg mirrors whose delete "
@@ -31,7 +36,17 @@ def maintain_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, l
     if config.retention_days < 1 or config.target_file_mb < 1:
         raise dg.Failure(f"retention_days and target_file_mb must be at least 1, got {config.retention_days} and "
                          f"{config.target_file_mb}")
+    if config.tombstone_retention_days is not None and config.tombstone_retention_days < 7:
+        raise dg.Failure(f"tombstone_retention_days must be at least 7 (or unset: kept as long as the history), got "
+                         f"{config.tombstone_retention_days}")
     retention = timedelta(days=config.retention_days)
+    if config.tombstone_retention_days is not None:
+        for table in SOURCE_TABLES:  # before compaction, which then folds the deletion vectors they leave
+            forgotten = CuratedStore(table, curated_locations(lake, table)).expire_tombstones(
+                timedelta(days=config.tombstone_retention_days))
+            context.log_event(dg.AssetObservation(asset_key=curated_history_key(table), metadata={
+                "maintenance/deleted_keys_forgotten": forgotten,
+                "maintenance/tombstone_retention_days": config.tombstone_retention_days}))
     keys = [DEAD_LETTER_KEY] + [k for t in SOURCE_TABLES for k in (raw_key(t), curated_key(t), curated_history_key(t))]
     for key in keys:
         report = maintain_delta_table(lake.location(*key.path), target_file_bytes=config.target_file_mb * 2**20,
