@@ -10,8 +10,8 @@ The commit is written as delta-rs would write it, which delta-rs cannot do itsel
 - the table's log is replayed (last checkpoint, then JSON commits) for the add actions of its live files;
 - each touched file is removed and added again with its new deletion vector (old and new positions) and its
   statistics marked not tight (`tightBounds` false: its min and max still bound the live rows);
-- new rows are written by delta-rs into a staging table, whose add actions (statistics included) are taken
-  over after their files are moved into the table;
+- new rows are written by polars into a staging directory and moved into the table, their add actions carrying
+  exact statistics (`_exact_stats`);
 - the commit file is created only if absent (a hard link: atomic on POSIX file systems), so a concurrent writer
   loses with `ConcurrentCommitError` instead of overwriting; local and mounted file systems only (object stores
   need a conditional put, which delta-rs's log store has but does not expose: `supports` says no).
