@@ -33,6 +33,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from cardo_pipeline.bench.memory import PeakTreeRss
 from cardo_pipeline.cdc.arrow_types import raw_arrow_schema
 from cardo_pipeline.curate.apply import LSN, OFFSET, SOURCE_TS, UNCHANGED_TOAST
+from cardo_pipeline.curate.merge_on_read import writer_properties
 from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.curate.storage import (
     CURATED_CONFIGURATION,
@@ -151,10 +152,13 @@ def build_book(lake: Path, rows: int, seed: int) -> tuple[CuratedLocations, str]
             "is_deleted", pa.array(np.zeros(len(seq), bool))).append_column(
             UNCHANGED_TOAST, pa.nulls(len(seq), pa.list_(pa.string())))
         first = start == 1
+        # the curated tables in the layout the apply writes; the naive one as kafka2delta's writes are
         write_deltalake(locations.current, current.cast(current_schema(LOANS)), mode="append",
-                        configuration=CURATED_CONFIGURATION if first else None, commit_properties=commit)
+                        configuration=CURATED_CONFIGURATION if first else None, commit_properties=commit,
+                        writer_properties=writer_properties())
         write_deltalake(locations.history, history.cast(history_schema(LOANS)), mode="append",
-                        configuration=CURATED_CONFIGURATION if first else None, commit_properties=commit)
+                        configuration=CURATED_CONFIGURATION if first else None, commit_properties=commit,
+                        writer_properties=writer_properties())
         write_deltalake(naive, book, mode="append")
     return locations, naive
 

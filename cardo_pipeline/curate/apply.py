@@ -45,11 +45,13 @@ def log_schema(table: SourceTable) -> pa.Schema:
     )
 
 
-def changes_from_raw(raw: pa.Table, table: SourceTable) -> tuple[pl.DataFrame, list[tuple[int, int]]]:
+RAW_COLUMNS = ["op", "before", "after", "unchanged_toast", "source_lsn", "offset", "source_ts"]  # what the apply reads
+
+
+def changes_from_raw(raw: pa.Table | pl.DataFrame, table: SourceTable) -> tuple[pl.DataFrame, list[tuple[int, int]]]:
     """The batch's upserts and deletes in the log's layout (values not yet resolved), and its truncates'
     sequences. Kafka tombstones carry nothing beyond their delete and are dropped."""
-    frame = pl.from_arrow(raw.select(["op", "before", "after", "unchanged_toast", "source_lsn", "offset",
-                                      "source_ts"]))
+    frame = raw.select(RAW_COLUMNS) if isinstance(raw, pl.DataFrame) else pl.from_arrow(raw.select(RAW_COLUMNS))
     assert isinstance(frame, pl.DataFrame)
     truncates = [(lsn, offset) for lsn, offset in frame.filter(pl.col("op") == "t").select(
         "source_lsn", "offset").iter_rows()]

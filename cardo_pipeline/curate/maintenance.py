@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from deltalake import DeltaTable
 
-from cardo_pipeline.curate.merge_on_read import MergeOnReadTable, supports
+from cardo_pipeline.curate.merge_on_read import MergeOnReadTable, supports, writer_properties
 from cardo_pipeline.ingest.delta_log import load_table
 
 DEFAULT_TARGET_FILE_BYTES = 128 * 1024 * 1024
@@ -42,12 +42,14 @@ def maintain_delta_table(uri: str, *, target_file_bytes: int = DEFAULT_TARGET_FI
     if table is None:
         return None
     report = DeltaMaintenance(uri, files_before=len(table.file_uris()))
-    if supports(table):  # files whose rows are largely marked deleted are rewritten without them
+    merge_on_read_layout = supports(table)
+    if merge_on_read_layout:  # files whose rows are largely marked deleted are rewritten without them
         merge_on_read = MergeOnReadTable(table)
         merge_on_read.sweep_staging()
         report.files_purged = merge_on_read.purge(min_deleted_share)
         table = DeltaTable(uri)
-    metrics = table.optimize.compact(target_size=target_file_bytes)
+    metrics = table.optimize.compact(target_size=target_file_bytes,
+                                     writer_properties=writer_properties() if merge_on_read_layout else None)
     report.files_compacted = int(metrics.get("numFilesRemoved", 0))
     report.files_vacuumed = len(table.vacuum(retention_hours=int(retention.total_seconds() // 3600),
                                              dry_run=False, enforce_retention_duration=False))

@@ -28,13 +28,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from cardo_pipeline.curate.apply import (
     HISTORY_COLUMNS,
     LSN,
     OFFSET,
+    RAW_COLUMNS,
     RESOLVED,
     SEQUENCE,
     SOURCE_TS,
@@ -56,6 +56,7 @@ CURATED_CONFIGURATION = {"delta.enableChangeDataFeed": "true", "delta.enableDele
 DEFAULT_BATCH_EVENTS = 200_000
 MIN_TOMBSTONE_RETENTION = timedelta(days=7)  # a late event is still put in its place for at least this long
 LIVE = "_cardo_live"
+SOURCE_FILE = "__cardo_source_file"
 
 
 def current_schema(table: SourceTable) -> pa.Schema:
@@ -122,16 +123,11 @@ def _lowest_applied(*tables: DeltaTable | None) -> int | None:
     return None if None in versions else min(v for v in versions if v is not None)
 
 
-def _plain(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """The raw change feed's columns in the raw schema (the feed reads text as string_view)."""
-    return table.select(schema.names).cast(schema)
-
-
-def raw_increments(raw: DeltaTable, after: int | None, max_events: int) -> Iterator[tuple[pa.Table, int]]:
-    """The raw rows of the versions after `after`, in runs of whole versions of about `max_events` rows, each
-    with its last version: from the files the versions added, else from the change data feed. A table with
-    neither (on an object store, from before the feed was switched on) comes whole as one run: re-applying what
-    was applied changes nothing."""
+def raw_increments(raw: DeltaTable, after: int | None, max_events: int) -> Iterator[tuple[pl.DataFrame, int]]:
+    """The raw rows (the columns the apply uses) of the versions after `after`, in runs of whole versions of about
+    `max_events` rows, each with its last version: from the files the versions added, else from the change data
+    feed. A table with neither (on an object store, from before the feed was switched on) comes whole as one run:
+    re-applying what was applied changes nothing."""
     latest = raw.version()
     if after is not None and after >= latest:
         return
@@ -144,20 +140,30 @@ def raw_increments(raw: DeltaTable, after: int | None, max_events: int) -> Itera
         try:
             feed = pa.table(raw.load_cdf(starting_version=start, ending_version=latest).read_all())
         except Exception:  # noqa: BLE001 - delta-rs raises a generic error for versions without a change feed
-            yield raw.to_pyarrow_table().cast(schema), latest
+            yield _frame(raw.to_pyarrow_table(columns=RAW_COLUMNS).cast(_applied(schema))), latest
             return
-        rows, versions = _plain(feed, schema), feed["_commit_version"].to_numpy().astype(np.int64)  # uint64
-        changes = pc.unique(feed["_change_type"]).cast(pa.string()).to_pylist()
-        if changes != ["insert"]:  # raw tables are append-only: their feed is inserts (filtered for safety)
-            inserts = pc.equal(feed["_change_type"].cast(pa.string()), "insert")
-            rows, versions = rows.filter(inserts), versions[inserts.to_numpy(zero_copy_only=False)]
+        # raw tables are append-only: their feed is inserts (filtered for safety); text comes as string_view
+        inserts = pc.equal(feed["_change_type"].cast(pa.string()), "insert")
+        versions = feed["_commit_version"].to_numpy().astype(np.int64)[inserts.to_numpy(zero_copy_only=False)]
+        rows = _frame(feed.filter(inserts).select(RAW_COLUMNS).cast(_applied(schema)))
     if len(versions) == 0:
-        yield schema.empty_table(), latest
+        yield _frame(_applied(schema).empty_table()), latest
         return
     yield from _whole_versions(rows, versions, max_events)
 
 
-def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int, end: int) -> tuple[pa.Table, np.ndarray] | None:
+def _applied(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([schema.field(name) for name in RAW_COLUMNS])
+
+
+def _frame(rows: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int,
+                   end: int) -> tuple[pl.DataFrame, np.ndarray] | None:
     """The rows versions start..end of an append-only local table added, with their versions, read from the
     files their commits add (a tenth of the time of delta-rs's change data feed, which starts a query engine);
     None when a commit did more than append (or its log entry is gone): the change data feed says then."""
@@ -175,20 +181,28 @@ def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int, end: int) -> 
             if "cdc" in action or ("remove" in action and action["remove"].get("dataChange", True)):
                 return None
             if "add" in action and action["add"].get("dataChange", True):
-                added.append((version, unquote(action["add"]["path"])))
+                added.append((version, str(root / unquote(action["add"]["path"]))))
     if not added:
-        return schema.empty_table(), np.zeros(0, np.int64)
-    files = ds.dataset([str(root / path) for _, path in added], schema=schema, format="parquet")
-    tables = [fragment.to_table(schema=schema) for fragment in files.get_fragments()]  # in the order given
-    versions = np.repeat([version for version, _ in added], [table.num_rows for table in tables]).astype(np.int64)
-    return pa.concat_tables(tables), versions
+        return _frame(_applied(schema).empty_table()), np.zeros(0, np.int64)
+    # One scan of the files, in the order given, in the table's schema (files from before a column or struct
+    # field was added get nulls), each row with its file's path, which gives its version
+    target = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+    rows = pl.scan_parquet(
+        [path for _, path in added], schema=target, missing_columns="insert", extra_columns="ignore",
+        cast_options=pl.ScanCastOptions(integer_cast="upcast", missing_struct_fields="insert",
+                                        extra_struct_fields="ignore"),
+        include_file_paths=SOURCE_FILE).select(*RAW_COLUMNS, SOURCE_FILE).collect()
+    version_of = {path: version for version, path in added}
+    versions = rows[SOURCE_FILE].replace_strict(version_of, return_dtype=pl.Int64).to_numpy()
+    return rows.drop(SOURCE_FILE), versions
 
 
-def _whole_versions(rows: pa.Table, versions: np.ndarray, max_events: int) -> Iterator[tuple[pa.Table, int]]:
+def _whole_versions(rows: pl.DataFrame, versions: np.ndarray,
+                    max_events: int) -> Iterator[tuple[pl.DataFrame, int]]:
     """Runs of whole versions of about `max_events` rows, in version order, each with its last version."""
     if (np.diff(versions) < 0).any():  # the change data feed comes in version order, mostly
         order = versions.argsort(kind="stable")
-        rows, versions = rows.take(order), versions[order]
+        rows, versions = rows[order], versions[order]
     start = 0
     while start < len(versions):
         end = min(start + max_events, len(versions))
@@ -235,7 +249,7 @@ class CuratedStore:
                   if supports(current) and supports(history) else _MergeWriter(self, current, history))
         for rows, version in raw_increments(raw, before, max_batch_events):
             self._apply_batch(rows, version, writer, report)
-            log(f"{self.table.name}: raw up to version {version}: {rows.num_rows} events, "
+            log(f"{self.table.name}: raw up to version {version}: {rows.height} events, "
                 f"{report.keys_touched} keys touched so far")
         report.current_version, report.history_version = current.version(), history.version()
         report.seconds = time.monotonic() - started
@@ -273,7 +287,7 @@ class CuratedStore:
             history.delete(keys, commit_properties=CommitProperties(custom_metadata=metadata))
         return expired.height
 
-    def _apply_batch(self, raw_rows: pa.Table, raw_version: int, writer: _Writer, report: ApplyReport) -> None:
+    def _apply_batch(self, raw_rows: pl.DataFrame, raw_version: int, writer: _Writer, report: ApplyReport) -> None:
         changes, new_truncates = changes_from_raw(raw_rows, self.table)
         known = report.truncates  # read once per run, kept up to date here
         added = sorted(set(new_truncates) - set(known))
@@ -301,7 +315,7 @@ class CuratedStore:
         new_current = current_frame(log, truncates, self.table).select(current_schema(self.table).names)
 
         commit = _BatchCommit(raw_version, {"cardo.raw_version": str(raw_version),
-                                            "cardo.events": str(raw_rows.num_rows)})
+                                            "cardo.events": str(raw_rows.height)})
         history_key = [*self.key, "valid_from_lsn", "valid_from_offset"]
         history_changes = _differing(new_history, history_before, history_key)
         upserts = _differing(new_current, current_before, self.key)
@@ -311,7 +325,7 @@ class CuratedStore:
                                           report)
             writer.write_history(old_history, history_changes, history_key, commit)
             current_written.result()
-        report.events += raw_rows.num_rows
+        report.events += raw_rows.height
         report.batches += 1
         report.keys_touched += touched.height
         report.history_rows_written += history_changes.height
