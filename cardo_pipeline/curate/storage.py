@@ -41,8 +41,10 @@ from cardo_pipeline.curate.apply import (
     UNCHANGED_TOAST,
     changes_from_raw,
     current_frame,
+    first_of_each_key,
     fold_changes,
     history_frame,
+    last_of_each_key,
     log_from_history,
     log_schema,
 )
@@ -341,15 +343,12 @@ class CuratedStore:
         other keys (late events, versions ended by a truncate, tables out of step after a crash) get all their
         history rows, read."""
         key = self.key
-        stored = heads.select(*key, pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET))
-        # an event the history holds is a duplicate: the stored row wins, as in fold_changes
-        changes = changes.join(stored, on=[*key, *SEQUENCE], how="anti", nulls_equal=True)
-        first = changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]).group_by(key, maintain_order=True).first(
-        ).select(*key, pl.col(LSN).alias("__first_lsn"), pl.col(OFFSET).alias("__first_offset"))
+        last = last_of_each_key(heads, key)  # heads come sorted by key and valid_from
+        changes, first = _without_stored(changes, heads, last, key)
+        first = first.select(*key, pl.col(LSN).alias("__first_lsn"), pl.col(OFFSET).alias("__first_offset"))
         now = _unlocated(old_current).select(
             *key, pl.col(LSN).alias("__current_lsn"), pl.col(OFFSET).alias("__current_offset"))
-        last = (heads.group_by(key, maintain_order=True).last()
-                .join(first, on=key, how="left", nulls_equal=True).join(now, on=key, how="left", nulls_equal=True))
+        last = last.join(first, on=key, how="left", nulls_equal=True).join(now, on=key, how="left", nulls_equal=True)
         first_lsn, stored_lsn = pl.col("__first_lsn"), pl.col("valid_from_lsn")
         follows = first_lsn.is_null() | (first_lsn > stored_lsn) | (
             (first_lsn == stored_lsn) & (pl.col("__first_offset") > pl.col("valid_from_offset")))
@@ -362,21 +361,48 @@ class CuratedStore:
                           without_history]).unique()
         schema = history_schema(self.table)
         located = [name for name in (FILE, ROW) if name in heads.columns]
+        # one row per key, sorted by key (as `last`); a tombstone's key has no current row: its values stay null
         values = _unlocated(old_current).select([c.name for c in self.table.columns])
-        rebuilt = pl.concat([
-            fast.filter(~pl.col("is_deleted")).select(*heads.columns).join(values, on=key, how="left",
-                                                                            nulls_equal=True),
-            fast.filter(pl.col("is_deleted")).select(*heads.columns),
-        ], how="diagonal")
-        typed = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+        rebuilt = fast.select(*heads.columns).join(values, on=key, how="left", nulls_equal=True,
+                                                     maintain_order="left")
+        typed = _polars_schema(schema)
         rebuilt = rebuilt.select(
             *(pl.col(name).cast(dtype) if name in rebuilt.columns else pl.lit(None, dtype).alias(name)
               for name, dtype in typed.items()), *located)
         rebuilt = rebuilt.with_columns(pl.lit(True).alias(RESOLVED))
         if slow.is_empty():
-            return changes, rebuilt.sort([*key, "valid_from_lsn", "valid_from_offset"])
+            return changes, rebuilt
         read = writer.history_rows(slow).select(*typed, *located).with_columns(pl.lit(False).alias(RESOLVED))
         return changes, pl.concat([rebuilt, read]).sort([*key, "valid_from_lsn", "valid_from_offset"])
+
+
+def _polars_schema(schema: pa.Schema) -> pl.Schema:
+    return pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+
+
+def _without_stored(changes: pl.DataFrame, heads: pl.DataFrame, last: pl.DataFrame,
+                    key: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the changes less the events the history holds, the key and sequence of each key's first change left).
+
+    An event the history holds is a duplicate: the stored row wins, as in fold_changes. Only a key with an event
+    at or before its last stored row can have one: the others skip the (costly) exact match."""
+    earliest = first_of_each_key(changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]), key)
+    suspects = earliest.join(last.select(*key, "valid_from_lsn", "valid_from_offset"), on=key, how="inner",
+                             nulls_equal=True).filter(
+        (pl.col(LSN) < pl.col("valid_from_lsn"))
+        | ((pl.col(LSN) == pl.col("valid_from_lsn")) & (pl.col(OFFSET) <= pl.col("valid_from_offset")))).select(key)
+    if suspects.is_empty():
+        return changes, earliest
+    stored = heads.join(suspects, on=key, how="semi", nulls_equal=True).select(
+        *key, pl.col("valid_from_lsn").alias(LSN), pl.col("valid_from_offset").alias(OFFSET))
+    position = "__cardo_position"
+    candidates = changes.select(*key, *SEQUENCE).with_row_index(position).join(suspects, on=key, how="semi",
+                                                                               nulls_equal=True)
+    duplicates = candidates.join(stored, on=[*key, *SEQUENCE], how="semi", nulls_equal=True)[position]
+    if duplicates.is_empty():
+        return changes, earliest
+    changes = changes.filter(~pl.int_range(pl.len(), dtype=duplicates.dtype).is_in(duplicates.implode()))
+    return changes, first_of_each_key(changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]), key)
 
 
 def _sql_literal(value: object) -> str:
