@@ -59,6 +59,7 @@ DEFAULT_BATCH_EVENTS = 200_000
 MIN_TOMBSTONE_RETENTION = timedelta(days=7)  # a late event is still put in its place for at least this long
 LIVE = "_cardo_live"
 SOURCE_FILE = "__cardo_source_file"
+OLD_ROW = "__cardo_old_row"  # of a changed row: the position of the row it replaces among the rows read
 
 
 def current_schema(table: SourceTable) -> pa.Schema:
@@ -319,13 +320,16 @@ class CuratedStore:
         commit = _BatchCommit(raw_version, {"cardo.raw_version": str(raw_version),
                                             "cardo.events": str(raw_rows.height)})
         history_key = [*self.key, "valid_from_lsn", "valid_from_offset"]
-        history_changes = _differing(new_history, history_before, history_key)
-        upserts = _differing(new_current, current_before, self.key)
-        gone = current_before.join(new_current.select(self.key), on=self.key, how="anti")
+        # an event's own values never change once stored: only what later events decide can (its valid_to, and
+        # TOAST-unchanged columns, resolved from the events before it)
+        toasted = list(self.table.toasted)
+        history_changes = _differing(new_history, history_before, history_key,
+                                     ["valid_to_lsn", "valid_to_offset", "valid_to_ts", "is_current", *toasted])
+        upserts = _differing(new_current, current_before, self.key, [*SEQUENCE, *toasted])
+        gone = old_current.join(new_current.select(self.key), on=self.key, how="anti", nulls_equal=True)
         with ThreadPoolExecutor(max_workers=1) as pool:  # the two commits are independent: written at once
-            current_written = pool.submit(writer.write_current, old_current, upserts, gone.select(self.key), commit,
-                                          report)
-            writer.write_history(old_history, history_changes, history_key, commit)
+            current_written = pool.submit(writer.write_current, old_current, upserts, gone, commit, report)
+            writer.write_history(old_history, history_changes, commit)
             current_written.result()
         report.events += raw_rows.height
         report.batches += 1
@@ -440,12 +444,14 @@ class _Writer:
     def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
         raise NotImplementedError
 
-    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: _BatchCommit) -> None:
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, commit: _BatchCommit) -> None:
+        """`changed`: new and changed rows, each with OLD_ROW, the position in `old` of the row it replaces."""
         raise NotImplementedError
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
                       commit: _BatchCommit, report: ApplyReport) -> None:
+        """`upserts`: new and changed rows, each with OLD_ROW, the position in `old` of the row it replaces;
+        `gone`: the rows of `old` whose keys are deleted."""
         raise NotImplementedError
 
 
@@ -461,46 +467,41 @@ class _MergeOnReadWriter(_Writer):
     def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
         return self.current.read(schema, self.store.key, keys)
 
-    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: _BatchCommit) -> None:
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, commit: _BatchCommit) -> None:
         # No change data file: readers derive the history's feed from the deletion vectors and new files, a
         # closed version reading as the delete of its open image and the insert of the closed one (as Delta's
         # own deletes with deletion vectors do). Writing the images again cost a fifth of a batch.
-        replaced = old.join(changed.select(on), on=on, how="semi", nulls_equal=True)
+        replaced = old.select(FILE, ROW)[changed[OLD_ROW].drop_nulls()]
         schema = history_schema(self.store.table)
-        self.history.commit(replaced.select(FILE, ROW), changed.select(schema.names),
+        self.history.commit(replaced, changed.select(schema.names),
                             app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version, metadata=commit.metadata)
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
                       commit: _BatchCommit, report: ApplyReport) -> None:
-        key = self.store.key
-        changed_keys = pl.concat([upserts.select(key), gone.select(key)])
-        replaced = old.join(changed_keys, on=key, how="semi", nulls_equal=True)
+        replaced = old[upserts[OLD_ROW].drop_nulls()]
         schema = current_schema(self.store.table)
-        updates = upserts.join(old.select(key), on=key, how="semi", nulls_equal=True)
-        feed = _change_feed(schema, replaced.join(updates.select(key), on=key, how="semi", nulls_equal=True),
-                            updates, upserts.join(old.select(key), on=key, how="anti", nulls_equal=True),
-                            replaced.join(gone, on=key, how="semi", nulls_equal=True))
-        self.current.commit(replaced.select(FILE, ROW), upserts.select(schema.names),
-                            app_id=RAW_VERSION_APP_ID, app_version=commit.raw_version,
-                            metadata=commit.metadata, change_feed=feed)
-        report.updated += updates.height
-        report.inserted += upserts.height - updates.height
+        self.current.commit(pl.concat([replaced.select(FILE, ROW), gone.select(FILE, ROW)]),
+                            upserts.select(schema.names), app_id=RAW_VERSION_APP_ID,
+                            app_version=commit.raw_version, metadata=commit.metadata,
+                            change_feed=_change_feed(schema, replaced, upserts, gone))
+        report.updated += replaced.height
+        report.inserted += upserts.height - replaced.height
         report.deleted += gone.height
 
 
 CHANGE_TYPE = "_change_type"
 
 
-def _change_feed(schema: pa.Schema, before: pl.DataFrame, after: pl.DataFrame, inserted: pl.DataFrame,
+def _change_feed(schema: pa.Schema, replaced: pl.DataFrame, upserts: pl.DataFrame,
                  deleted: pl.DataFrame) -> pl.DataFrame:
-    """A commit's change data as a MERGE records it: updated rows before and after, inserted and deleted rows."""
-    types = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+    """A commit's change data as a MERGE records it: the replaced rows as update_preimage, the upserts as
+    update_postimage (or insert, those that replace no row), the deleted rows as delete."""
+    types = _polars_schema(schema)
+    upsert_change = pl.when(pl.col(OLD_ROW).is_null()).then(pl.lit("insert")).otherwise(pl.lit("update_postimage"))
     return pl.concat([
-        frame.select(pl.col(name).cast(dtype) for name, dtype in types.items()).with_columns(
-            pl.lit(change).alias(CHANGE_TYPE))
-        for frame, change in ((before, "update_preimage"), (after, "update_postimage"), (inserted, "insert"),
-                              (deleted, "delete"))
+        frame.select(*(pl.col(name).cast(dtype) for name, dtype in types.items()), change.alias(CHANGE_TYPE))
+        for frame, change in ((replaced, pl.lit("update_preimage")), (upserts, upsert_change),
+                              (deleted, pl.lit("delete")))
     ])
 
 
@@ -530,16 +531,16 @@ class _MergeWriter(_Writer):
     def _current(self, schema: pa.Schema, keys: pl.DataFrame) -> pl.DataFrame:
         return _read(self.current, schema, self.store.key, keys)
 
-    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, on: list[str],
-                      commit: _BatchCommit) -> None:
+    def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, commit: _BatchCommit) -> None:
         table = self.store.table
+        on = [*self.store.key, "valid_from_lsn", "valid_from_offset"]
         if changed.is_empty():
             _commit_only(self.history, history_schema(table), commit.properties())
             return
         condition = " AND ".join(f"t.{c} = s.{c}" for c in on)
         schema = pa.schema([f.with_nullable(True) for f in history_schema(table)])
-        (self.history.merge(changed.to_arrow().cast(schema), condition, source_alias="s", target_alias="t",
-                            commit_properties=commit.properties())
+        (self.history.merge(changed.select(schema.names).to_arrow().cast(schema), condition, source_alias="s",
+                            target_alias="t", commit_properties=commit.properties())
          .when_matched_update_all().when_not_matched_insert_all().execute())
 
     def write_current(self, old: pl.DataFrame, upserts: pl.DataFrame, gone: pl.DataFrame,
@@ -550,7 +551,7 @@ class _MergeWriter(_Writer):
             return
         source = pl.concat([
             upserts.select(schema.names).with_columns(pl.lit(True).alias(LIVE)),
-            gone.with_columns(pl.lit(False).alias(LIVE)),
+            gone.select(self.store.key).with_columns(pl.lit(False).alias(LIVE)),
         ], how="diagonal_relaxed").to_arrow()
         source = source.cast(pa.schema([*(f.with_nullable(True) for f in schema), pa.field(LIVE, pa.bool_())]))
         on = " AND ".join(f"t.{c} = s.{c}" for c in self.store.key)
@@ -585,16 +586,15 @@ def _read(table: DeltaTable, schema: pa.Schema, key: list[str], keys: pl.DataFra
     return frame
 
 
-def _differing(new: pl.DataFrame, old: pl.DataFrame, on: list[str]) -> pl.DataFrame:
-    """Rows of `new` that `old` lacks or holds with other values (null equals null)."""
+def _differing(new: pl.DataFrame, old: pl.DataFrame, on: list[str], compared: list[str]) -> pl.DataFrame:
+    """Rows of `new` that `old` lacks or holds with other values in `compared` (null equals null), in their order,
+    each with OLD_ROW: the position in `old` of the row it replaces (null for a row `old` lacks)."""
     if old.is_empty() or new.is_empty():
-        return new
-    columns = [c for c in new.columns if c not in on]
-    present = "__cardo_present"
-    joined = new.join(old.select(on + columns).with_columns(pl.lit(True).alias(present)), on=on, how="left",
-                      suffix="__old", nulls_equal=True)
-    differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in columns)
-    return joined.filter(pl.col(present).is_null() | differs).select(new.columns)
+        return new.with_columns(pl.lit(None, pl.UInt32).alias(OLD_ROW))
+    joined = new.join(old.select(*on, *compared).with_row_index(OLD_ROW), on=on, how="left", suffix="__old",
+                      nulls_equal=True, maintain_order="left")
+    differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in compared)
+    return joined.filter(pl.col(OLD_ROW).is_null() | differs).select(*new.columns, OLD_ROW)
 
 
 def _commit_only(table: DeltaTable, schema: pa.Schema, commit: _BatchCommit) -> None:
