@@ -158,7 +158,7 @@ class MergeOnReadTable:
         live = ~np.isin(index, np.concatenate(marked)) if marked else np.ones(len(index), bool)
         file_index = np.searchsorted(starts, index[live], side="right") - 1
         frame = frame.filter(pl.Series(live)).drop(GLOBAL_ROW).with_columns(
-            pl.Series(FILE, np.array(paths, dtype=object)[file_index], dtype=pl.String).cast(path_type),
+            pl.Series(FILE, paths, dtype=path_type).gather(file_index),
             pl.Series(ROW, index[live] - starts[file_index], dtype=pl.UInt32))
         if keys is not None and len(key) > 1:
             frame = frame.join(keys.unique(), on=key, how="semi")  # the per-column filter is a superset

@@ -435,8 +435,8 @@ class _Writer:
         return self._history(heads, keys).sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
 
     def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """The current rows of `keys`, sorted by key and sequence."""
-        return self._current(current_schema(self.store.table), keys).sort([*self.store.key, *SEQUENCE])
+        """The current rows of `keys` (one per key), in no particular order."""
+        return self._current(current_schema(self.store.table), keys)
 
     def _history(self, schema: pa.Schema, keys: pl.DataFrame | None) -> pl.DataFrame:
         raise NotImplementedError
