@@ -116,6 +116,31 @@ def test_change_data_feed_records_inserts_updates_and_deletes(tmp_path) -> None:
                     ("insert", 2, None, True, True), ("insert", 2, "b", False, False)]
 
 
+def test_history_stores_unchanged_toast_marks_as_json_text_and_resolves_them_across_batches(tmp_path) -> None:
+    source = Source()
+    source.insert(1, name="a", notes="long note")
+    first = list(source.events)
+    source.update(1, name="a2", toast=True)  # the notes arrive as the placeholder: the stored note stays
+    source.update(1, name="a3", toast=True)
+    rest = source.events[len(first):]
+    _, store = land_and_apply(Delivery(source.events, [first, rest]), str(tmp_path), [True, True])
+    marks = (pl.read_delta(store.locations.history).sort("valid_from_lsn")
+             .select("name", "notes", "_cardo_unchanged_toast").rows())
+    assert marks == [("a", "long note", None), ("a2", "long note", '["notes"]'), ("a3", "long note", '["notes"]')]
+    assert curated_rows(store.locations) == replay(source.events, THINGS)
+
+
+def test_a_history_from_an_earlier_layout_is_refused_with_how_to_rebuild_it(tmp_path) -> None:
+    store = CuratedStore(THINGS, CuratedLocations.in_lake(str(tmp_path), THINGS))
+    earlier = storage.history_schema(THINGS)
+    earlier = earlier.set(earlier.get_field_index("_cardo_unchanged_toast"),
+                          pa.field("_cardo_unchanged_toast", pa.list_(pa.string())))
+    write_deltalake(store.locations.history, earlier.empty_table(), configuration=storage.CURATED_CONFIGURATION)
+    OffsetTrackedTable(f"{tmp_path}/raw/things").append(arrow([Source().insert(1)]), "cardo.public.things", {0: 1}, {})
+    with pytest.raises(storage.OutdatedTableError, match="delete .*things_history.*applies the raw table again"):
+        store.apply()
+
+
 def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, monkeypatch) -> None:
     source, first = two_inserts_then_an_update_and_a_delete()
     source.insert(3, name="c", amount=None, notes=None)

@@ -152,7 +152,7 @@ def build_book(lake: Path, rows: int, seed: int) -> tuple[CuratedLocations, str]
             "valid_to_ts", pa.nulls(len(seq), ts.type)).append_column(
             "is_current", pa.array(np.ones(len(seq), bool))).append_column(
             "is_deleted", pa.array(np.zeros(len(seq), bool))).append_column(
-            UNCHANGED_TOAST, pa.nulls(len(seq), pa.list_(pa.string())))
+            UNCHANGED_TOAST, pa.nulls(len(seq), pa.string()))
         first = start == 1
         # the curated tables in the layout the apply writes; the naive one as kafka2delta's writes are
         write_deltalake(locations.current, current.cast(current_schema(LOANS)), mode="append",

@@ -47,6 +47,7 @@ from cardo_pipeline.curate.apply import (
     last_of_each_key,
     log_from_history,
     log_schema,
+    marks_as_text,
 )
 from cardo_pipeline.curate.merge_on_read import FILE, ROW, MergeOnReadTable, local_root, supports
 from cardo_pipeline.ingest.delta_log import load_table
@@ -74,11 +75,15 @@ def history_schema(table: SourceTable) -> pa.Schema:
              "valid_to_offset": pa.int64(), "valid_from_ts": log.field(SOURCE_TS).type,
              "valid_to_ts": log.field(SOURCE_TS).type, "is_current": pa.bool_(), "is_deleted": pa.bool_()}
     return pa.schema([*(log.field(c.name) for c in table.columns), *(pa.field(n, types[n]) for n in HISTORY_COLUMNS),
-                      log.field(UNCHANGED_TOAST)])
+                      pa.field(UNCHANGED_TOAST, pa.string())])  # a JSON array (`marks_as_text`)
 
 
 HEAD_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_from_ts", "is_current", "is_deleted", UNCHANGED_TOAST]
 TRUNCATES_SCHEMA = pa.schema([pa.field("lsn", pa.int64(), False), pa.field("offset", pa.int64(), False)])
+
+
+class OutdatedTableError(RuntimeError):
+    """A curated table's layout is from an earlier version: it has to be rebuilt from raw."""
 
 
 @dataclass(frozen=True)
@@ -224,8 +229,15 @@ class CuratedStore:
         self.key = list(table.primary_key)
 
     def tables(self) -> tuple[DeltaTable, DeltaTable]:
-        return (_ensure(self.locations.current, current_schema(self.table), CURATED_CONFIGURATION),
-                _ensure(self.locations.history, history_schema(self.table), CURATED_CONFIGURATION))
+        current = _ensure(self.locations.current, current_schema(self.table), CURATED_CONFIGURATION)
+        history = _ensure(self.locations.history, history_schema(self.table), CURATED_CONFIGURATION)
+        marks = pa.schema(history.schema().to_arrow()).field(UNCHANGED_TOAST).type
+        if not pa.types.is_string(marks) and not pa.types.is_large_string(marks):
+            raise OutdatedTableError(
+                f"{self.locations.history}: written by an earlier version of cardo-pipeline (column {UNCHANGED_TOAST} "
+                f"is {marks}, now text). Curated tables are derived from raw: delete {self.locations.current} and "
+                f"{self.locations.history}, and the next run applies the raw table again from its start.")
+        return current, history
 
     def applied_raw_version(self) -> int | None:
         """The last raw version both tables hold (the lower one: a crash between the commits is repaired)."""
@@ -325,6 +337,7 @@ class CuratedStore:
         toasted = list(self.table.toasted)
         history_changes = _differing(new_history, history_before, history_key,
                                      ["valid_to_lsn", "valid_to_offset", "valid_to_ts", "is_current", *toasted])
+        history_changes = history_changes.with_columns(marks_as_text(pl.col(UNCHANGED_TOAST)))
         upserts = _differing(new_current, current_before, self.key, [*SEQUENCE, *toasted])
         gone = old_current.join(new_current.select(self.key), on=self.key, how="anti", nulls_equal=True)
         with ThreadPoolExecutor(max_workers=1) as pool:  # the two commits are independent: written at once
