@@ -3,12 +3,16 @@ for. Their speed targets are checked by running them at full size (see the closi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from cardo_pipeline.bench.apply import bench_apply
+from cardo_pipeline.bench import freshness
+from cardo_pipeline.bench.apply import LOANS, TOPIC, _book_rows, _raw_table, bench_apply, build_book
 from cardo_pipeline.bench.ingest import bench_ingest
+from cardo_pipeline.curate.storage import CuratedStore
 from cardo_pipeline.ingest import partition_workers
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 
 INGEST_FIELDS = {"events", "mean_message_bytes", "consume_only_events_per_s", "ingest_events_per_s", "ratio",
                  "peak_rss_mb", "peak_rss_sum_mb"}
@@ -47,3 +51,18 @@ def test_bench_apply_is_verified_against_the_oracle():
     assert result["rows"] == 5000 and result["changes"] > 900
     assert result["verified"] is True
     assert result["speedup"] == pytest.approx(result["apply_events_per_s"] / result["naive_events_per_s"], rel=0.05)
+
+
+def test_bench_freshness_sees_a_change_once_applied_and_not_the_row_it_replaced(tmp_path):
+    locations, naive = build_book(tmp_path, 200, seed=3)  # curated loans with deletion vectors, as the apply keeps
+    raw, store = OffsetTrackedTable(locations.raw), CuratedStore(LOANS, locations)
+    loan = _book_rows(naive, np.array([5])).to_dicts()[0]
+    for n in (1, 2):
+        image = loan | {"servicer_notes": f"cardo freshness test {n}"}
+        raw.append(_raw_table([{"op": "u", "key": '{"loan_id":5}', "before": None, "after": image,
+                                "unchanged_toast": [], "source_lsn": 10_000 + n, "source_tx_id": n,
+                                "snapshot": "false", "offset": n}]), TOPIC, {0: n + 1}, {})
+        assert not freshness._visible(locations.current, 5, f"cardo freshness test {n}")
+        store.apply()
+        assert freshness._visible(locations.current, 5, f"cardo freshness test {n}")
+    assert not freshness._visible(locations.current, 5, "cardo freshness test 1")  # marked deleted, not read

@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import psycopg
-import pyarrow.compute as pc
 
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.settings import CardoSettings, ensure_dagster_home, sensor_interval_seconds
@@ -64,11 +64,11 @@ def _start_daemon(settings: CardoSettings, log_path: Path) -> subprocess.Popen:
 
 def _visible(curated_uri: str, loan_id: int, marker: str) -> bool:
     """Whether the loan's curated row carries the marker."""
-    table = load_table(curated_uri)
-    if table is None:
+    if load_table(curated_uri) is None:
         return False
-    rows = table.to_pyarrow_dataset().to_table(columns=["servicer_notes"], filter=pc.field("loan_id") == loan_id)
-    return marker in rows["servicer_notes"].to_pylist()
+    # polars applies the deletion vectors (a replaced row stays in its file, marked deleted); pyarrow refuses them
+    notes = pl.scan_delta(curated_uri).filter(pl.col("loan_id") == loan_id).select("servicer_notes").collect()
+    return marker in notes["servicer_notes"].to_list()
 
 
 def _seconds_until_visible(curated_uri: str, loan_id: int, marker: str, timeout_s: float, poll_s: float,
