@@ -10,8 +10,9 @@ import dagster as dg
 
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
+from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.groups import CURATED, ICEBERG
-from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
+from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS, iceberg_key
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
@@ -35,10 +36,13 @@ def defs() -> dg.Definitions:
     raw = dg.Definitions(
         assets=[*RAW_ASSETS, DEAD_LETTER_SPEC],
         asset_checks=RAW_CHECKS,
-        sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds())],
+        # a table's run carries its raw asset and what follows it, so one run takes a change to curated
+        sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds(), follows=lambda table: [
+            curated_key(table), curated_history_key(table), iceberg_key(table)])],
     )
-    # Curated and Iceberg follow raw by their eager conditions; their sensor is on from the start (Dagster's
-    # default automation sensor starts stopped) and ticks as often as the Kafka sensor.
+    # Curated and Iceberg come in the Kafka sensor's runs, and follow raw by their eager conditions when it is
+    # materialized any other way; their sensor is on from the start (Dagster's default automation sensor starts
+    # stopped) and ticks as often as the Kafka sensor.
     downstream = dg.AutomationConditionSensorDefinition(
         "curated_follows_raw", target=dg.AssetSelection.groups(CURATED, ICEBERG),
         default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval_seconds(),

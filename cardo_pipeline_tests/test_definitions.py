@@ -11,6 +11,7 @@ import pytest
 
 from cardo_pipeline.definitions import DEMO_JOB, defs
 from cardo_pipeline.defs.groups import ALL_GROUPS, SOURCES
+from cardo_pipeline.defs.raw.sensor import SENSOR_NAME
 from cardo_pipeline.defs.resources import resources_for
 from cardo_pipeline.tables import SOURCE_TABLES
 
@@ -53,6 +54,13 @@ def test_curated_and_iceberg_follow_raw_through_a_sensor_that_starts_running(def
     assert targeted == expected and len(expected) == 3 * len(SOURCE_TABLES)
     for key in expected:
         assert definitions.resolve_assets_def(key).automation_conditions_by_key[key] is not None
+
+
+def test_the_kafka_sensor_targets_raw_and_what_follows_it(definitions: dg.Definitions) -> None:
+    job = definitions.resolve_sensor_def(SENSOR_NAME).job
+    targeted = set(definitions.resolve_job_def(job.name).asset_layer.selected_asset_keys)
+    assert {key.path[0] for key in targeted} == {"raw", "curated", "iceberg"}
+    assert len(targeted) == 4 * len(SOURCE_TABLES)
 
 
 def test_resources_are_chosen_per_environment_with_the_same_keys() -> None:

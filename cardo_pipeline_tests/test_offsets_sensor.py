@@ -9,14 +9,18 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
+from cardo_pipeline.defs.iceberg.assets import iceberg_key
 from cardo_pipeline.defs.raw.keys import raw_key
 from cardo_pipeline.defs.raw.sensor import RAW_TABLES_TAG, SENSOR_NAME, build_kafka_offsets_sensor
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 from cardo_pipeline_tests.raw_helpers import encode_changes, fresh_prefix, ingest_into, loan_row, produce_raw
 
-SENSOR = build_kafka_offsets_sensor(list(SOURCE_TABLES), interval_seconds=15)
+SENSOR = build_kafka_offsets_sensor(list(SOURCE_TABLES), interval_seconds=15, follows=lambda table: [
+    curated_key(table), curated_history_key(table), iceberg_key(table)])
 
 
 def _tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None = None):
@@ -24,7 +28,8 @@ def _tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None = No
 
 
 @pytest.mark.stack
-def test_requests_exactly_the_raw_assets_with_new_messages(kafka_bootstrap: str, tmp_path: Path) -> None:
+def test_requests_exactly_the_raw_assets_with_new_messages_and_what_follows_them(kafka_bootstrap: str,
+                                                                                tmp_path: Path) -> None:
     prefix = fresh_prefix("sensor")
     produce_raw(kafka_bootstrap, f"{prefix}.public.loans",
                 encode_changes(TABLES_BY_NAME["loans"], prefix, [loan_row(1), loan_row(2), loan_row(3)]))
@@ -34,13 +39,24 @@ def test_requests_exactly_the_raw_assets_with_new_messages(kafka_bootstrap: str,
         first = _tick(instance, resources)
         assert len(first.run_requests) == 1
         request = first.run_requests[0]
-        assert request.asset_selection == [raw_key(TABLES_BY_NAME["loans"])]
+        loans = TABLES_BY_NAME["loans"]
+        # one run takes the change all the way: raw, the curated tables, the mirror
+        assert request.asset_selection == [raw_key(loans), curated_key(loans), curated_history_key(loans),
+                                           iceberg_key(loans)]
         assert request.tags[RAW_TABLES_TAG] == "loans"
         cursor = json.loads(first.cursor)
         assert sum(cursor[f"{prefix}.public.loans"].values()) == 3
 
         # The same offsets give the same run key: a repeated tick cannot ingest a range twice.
         assert _tick(instance, resources, first.cursor).run_requests[0].run_key == request.run_key
+
+        # A run materializing the table's curated assets (from the UI, say) is in flight: loans waits for it
+        elsewhere = DagsterRun(job_name="__ASSET_JOB", status=DagsterRunStatus.STARTED,
+                               asset_selection=frozenset({curated_key(loans)}))
+        instance.add_run(elsewhere)
+        waiting = _tick(instance, resources, first.cursor)
+        assert not waiting.run_requests and "in flight for ['loans']" in waiting.skip_message
+        instance.delete_run(elsewhere.run_id)
 
         ingest_into(kafka_bootstrap, tmp_path, "loans", f"{prefix}.public.loans")
         caught_up = _tick(instance, resources, first.cursor)

@@ -338,12 +338,13 @@ class CuratedStore:
         history_changes = _differing(new_history, history_before, history_key,
                                      ["valid_to_lsn", "valid_to_offset", "valid_to_ts", "is_current", *toasted])
         history_changes = history_changes.with_columns(marks_as_text(pl.col(UNCHANGED_TOAST)))
-        upserts = _differing(new_current, current_before, self.key, [*SEQUENCE, *toasted])
-        gone = old_current.join(new_current.select(self.key), on=self.key, how="anti", nulls_equal=True)
-        with ThreadPoolExecutor(max_workers=1) as pool:  # the two commits are independent: written at once
-            current_written = pool.submit(writer.write_current, old_current, upserts, gone, commit, report)
-            writer.write_history(old_history, history_changes, commit)
-            current_written.result()
+        # the two commits are independent: the history's is written while the current's rows are worked out
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            history_written = pool.submit(writer.write_history, old_history, history_changes, commit)
+            upserts = _differing(new_current, current_before, self.key, [*SEQUENCE, *toasted])
+            gone = old_current.join(new_current.select(self.key), on=self.key, how="anti", nulls_equal=True)
+            writer.write_current(old_current, upserts, gone, commit, report)
+            history_written.result()
         report.events += raw_rows.height
         report.batches += 1
         report.keys_touched += touched.height

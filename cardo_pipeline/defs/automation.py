@@ -1,21 +1,17 @@
-"""The automation condition of everything downstream of raw: Dagster's `eager`, except that only a request of
-the asset resets it.
+"""The automation condition of everything downstream of raw: Dagster's `eager`.
 
-`eager` is reset when the asset is requested *or materialized*. A raw commit that lands while a curated run is
-already under way (requested for the previous commit) is then swallowed when that run's materialization is seen
-in the same tick, and the curated table stays behind until the next change arrives (seen in
-`cardo bench freshness`: a change waited for minutes). Reset by requests only, the new raw commit is still
-pending after the run and gets a run of its own (applying nothing if the first run already took it in).
+The Kafka sensor's runs carry a table's raw asset with its curated tables and mirror, so in the usual path there
+is nothing left for the automation sensor to do: the downstream assets materialize after raw in the same run,
+which resets `eager`. It requests them when raw is materialized some other way (from the UI, a backfill).
+
+An earlier design left curated to the automation sensor and reset the condition by requests only: with `eager`, a
+raw commit landing while a curated run was already under way was swallowed when that run's materialization was
+seen in the same tick. That cannot happen now: a table's raw and curated steps are one run, and the Kafka sensor
+starts no run for a table while another run materializing its assets is in flight.
 """
 
 import dagster as dg
 
 
 def follows_upstream() -> dg.AutomationCondition:
-    return (
-        (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
-        .since(dg.AutomationCondition.newly_requested())
-        & ~dg.AutomationCondition.any_deps_missing()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label("eager (reset by requests only)")
+    return dg.AutomationCondition.eager()

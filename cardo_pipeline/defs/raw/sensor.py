@@ -1,14 +1,18 @@
 """`kafka_offsets_sensor`: compares Kafka end offsets with the offsets committed in the raw tables and requests a
-run of exactly the raw assets that have new messages. Downstream assets follow by their automation conditions.
+run of exactly the raw assets that have new messages, with what follows each of them (its curated tables and their
+Iceberg mirror): one run takes a change from Kafka to curated (two runs, raw and then curated by the automation
+sensor, cost a second run's start of 6-9 s and a tick: the change waited ~25 s instead of ~12 s).
 
-It reads end offsets only: it never consumes and never commits. A table with a run still in flight is left for a
-later tick, so two runs never ingest the same partition at once.
+It reads end offsets only: it never consumes and never commits. A table with a run still in flight (this sensor's,
+or any run materializing its assets) is left for a later tick, so two runs never ingest the same partition or
+apply to the same curated table at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 
 import dagster as dg
 
@@ -41,28 +45,35 @@ def pending_ranges(
     return ends, pending
 
 
-def tables_in_flight(instance: dg.DagsterInstance) -> set[str]:
+def tables_in_flight(instance: dg.DagsterInstance, keys_of: Mapping[str, set[dg.AssetKey]]) -> set[str]:
+    """The tables with a run in flight: this sensor's (by their tag), or any run materializing one of their assets
+    (`keys_of`: each table's raw asset and what follows it)."""
     runs = instance.get_runs(
         filters=dg.RunsFilter(
             statuses=[
                 dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                 dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
             ],
-            tags={"dagster/sensor_name": SENSOR_NAME},
         )
     )
-    return {name for run in runs for name in run.tags.get(RAW_TABLES_TAG, "").split(",") if name}
+    busy = {name for run in runs for name in run.tags.get(RAW_TABLES_TAG, "").split(",") if name}
+    selected = {key for run in runs for key in (run.asset_selection or ())}
+    return busy | {name for name, keys in keys_of.items() if keys & selected}
 
 
-def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int) -> dg.SensorDefinition:
-    by_name = {t.name: t for t in tables}
+def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int,
+                               follows: Callable[[SourceTable], Sequence[dg.AssetKey]] = lambda table: ()
+                               ) -> dg.SensorDefinition:
+    """`follows`: the assets a table's run materializes after its raw asset (the curated tables, the mirror)."""
+    run_keys = {t.name: [raw_key(t), *follows(t)] for t in tables}
 
     @dg.sensor(
         name=SENSOR_NAME,
         minimum_interval_seconds=interval_seconds,
-        target=[raw_key(t) for t in tables],
+        target=[key for keys in run_keys.values() for key in keys],
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests a run of the raw assets whose Kafka topics have new messages (end offsets only).",
+        description="Requests a run of the raw assets whose Kafka topics have new messages (end offsets only), "
+                    "with their curated tables and Iceberg mirrors.",
     )
     def kafka_offsets_sensor(
         context: dg.SensorEvaluationContext, kafka: KafkaResource, lake: LakeResource
@@ -72,7 +83,7 @@ def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int)
         except KafkaUnavailable as exc:
             return dg.SkipReason(str(exc))
         cursor = json.dumps({topic: {str(p): o for p, o in parts.items()} for topic, parts in ends.items()})
-        busy = tables_in_flight(context.instance)
+        busy = tables_in_flight(context.instance, {name: set(keys) for name, keys in run_keys.items()})
         ready = {name: ranges for name, ranges in pending.items() if name not in busy}
         if not ready:
             reason = f"raw runs still in flight for {sorted(busy)}" if pending else "no new messages in Kafka"
@@ -81,7 +92,7 @@ def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int)
         run_key = "raw-" + hashlib.sha256(json.dumps(ready, sort_keys=True).encode()).hexdigest()[:20]
         request = dg.RunRequest(
             run_key=run_key,
-            asset_selection=[raw_key(by_name[name]) for name in sorted(ready)],
+            asset_selection=[key for name in sorted(ready) for key in run_keys[name]],
             tags={RAW_TABLES_TAG: ",".join(sorted(ready))},
         )
         context.log.info(f"new messages: {ready}")
