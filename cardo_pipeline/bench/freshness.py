@@ -1,6 +1,6 @@
 """`cardo bench freshness`: how long a change committed in Postgres takes to be visible in `curated/loans`,
-through the real path: Debezium, Kafka, `kafka_offsets_sensor`, the raw run, the `curated_follows_raw`
-automation sensor and the curated run, all launched by the Dagster daemon.
+through the real path: Debezium, Kafka, `kafka_offsets_sensor` and the run it requests (raw, then curated),
+all launched by the Dagster daemon.
 
 Single changes are committed one at a time, each after the previous one became visible and a random pause (so
 commits fall at any phase of the sensors' ticks); a change's latency is the time from its commit to the first
