@@ -198,3 +198,28 @@ def test_tombstones_expire_only_when_asked_and_then_a_late_insert_counts_as_new(
     raw.append(arrow(again.events), "cardo.public.things", {0: 3}, {})
     store.apply()
     assert [row["name"] for row in curated_rows(store.locations)[0]] == ["later", "b"]
+
+
+@pytest.mark.parametrize("row_counts", [True, False])
+def test_raw_increments_come_in_whole_versions_with_the_last_version_of_each(tmp_path, monkeypatch,
+                                                                             row_counts: bool) -> None:
+    source = Source()
+    raw = OffsetTrackedTable(f"{tmp_path}/raw/things")
+    for i in range(5):  # versions 0..4, 3 events each
+        for n in range(3):
+            source.insert(10 * i + n)
+        raw.append(arrow(source.events[-3:]), "cardo.public.things", {0: 3 * (i + 1)}, {})
+    if not row_counts:  # row counts that do not match the files: each row's version comes from its path
+        monkeypatch.setattr(storage, "_scan_raw_files", _without_counts(storage._scan_raw_files))
+    table = DeltaTable(raw.uri)
+    runs = list(storage.raw_increments(table, after=1, max_events=5))
+    assert [(rows.height, version) for rows, version in runs] == [(6, 3), (3, 4)]  # whole versions only
+    lsns = [lsn for rows, _ in runs for lsn in rows["source_lsn"].to_list()]
+    assert lsns == [event["source_lsn"] for event in source.events[6:]]
+    assert list(storage.raw_increments(table, after=4, max_events=5)) == []
+
+
+def _without_counts(scan):
+    def scan_by_path(schema, paths, *, with_path):
+        return scan(schema, paths, with_path=True) if with_path else scan(schema, paths[:1], with_path=False)
+    return scan_by_path

@@ -178,7 +178,7 @@ def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int,
     root = local_root(raw.table_uri)
     if root is None:
         return None
-    added: list[tuple[int, str]] = []
+    added: list[tuple[int, str, int | None]] = []  # (version, path, row count)
     for version in range(start, end + 1):
         try:
             with open(root / "_delta_log" / f"{version:020d}.json") as commit:
@@ -189,20 +189,33 @@ def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int,
             if "cdc" in action or ("remove" in action and action["remove"].get("dataChange", True)):
                 return None
             if "add" in action and action["add"].get("dataChange", True):
-                added.append((version, str(root / unquote(action["add"]["path"]))))
+                count = json.loads(action["add"].get("stats") or "{}").get("numRecords")
+                added.append((version, str(root / unquote(action["add"]["path"])), count))
     if not added:
         return _frame(_applied(schema).empty_table()), np.zeros(0, np.int64)
     # One scan of the files, in the order given, in the table's schema (files from before a column or struct
-    # field was added get nulls), each row with its file's path, which gives its version
-    target = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
-    rows = pl.scan_parquet(
-        [path for _, path in added], schema=target, missing_columns="insert", extra_columns="ignore",
-        cast_options=pl.ScanCastOptions(integer_cast="upcast", missing_struct_fields="insert",
-                                        extra_struct_fields="ignore"),
-        include_file_paths=SOURCE_FILE).select(*RAW_COLUMNS, SOURCE_FILE).collect()
-    version_of = {path: version for version, path in added}
+    # field was added get nulls); a row's version from its file's row count, else from its file's path
+    paths = [path for _, path, _ in added]
+    counts = [count for _, _, count in added]
+    if None not in counts:
+        rows = _scan_raw_files(schema, paths, with_path=False)
+        versions = np.repeat([version for version, _, _ in added], counts).astype(np.int64)
+        if len(versions) == rows.height:
+            return rows, versions
+    rows = _scan_raw_files(schema, paths, with_path=True)  # no (or wrong) row counts: by each row's path
+    version_of = {path: version for version, path, _ in added}
     versions = rows[SOURCE_FILE].replace_strict(version_of, return_dtype=pl.Int64).to_numpy()
     return rows.drop(SOURCE_FILE), versions
+
+
+def _scan_raw_files(schema: pa.Schema, paths: list[str], *, with_path: bool) -> pl.DataFrame:
+    target = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
+    return pl.scan_parquet(
+        paths, schema=target, missing_columns="insert", extra_columns="ignore",
+        cast_options=pl.ScanCastOptions(integer_cast="upcast", missing_struct_fields="insert",
+                                        extra_struct_fields="ignore"),
+        include_file_paths=SOURCE_FILE if with_path else None,
+    ).select(*RAW_COLUMNS, *([SOURCE_FILE] if with_path else [])).collect()
 
 
 def _whole_versions(rows: pl.DataFrame, versions: np.ndarray,
