@@ -175,7 +175,7 @@ def current_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: So
     """Live rows of the keys in `log` (sorted by key and sequence): each key's last event, when it is an upsert
     after the last truncate."""
     key = list(table.primary_key)
-    last = log.group_by(key, maintain_order=True).last()
+    last = last_of_each_key(log, key)
     if truncates:
         lsn, offset = truncates[-1]
         last = last.filter((pl.col(LSN) > lsn) | ((pl.col(LSN) == lsn) & (pl.col(OFFSET) > offset)))
