@@ -314,12 +314,11 @@ class MergeOnReadTable:
         relative = f"_change_data/cdc-{uuid.uuid4()}.c000.parquet"
         target = self.root / relative
         target.parent.mkdir(exist_ok=True)
-        if isinstance(changes, pl.DataFrame):
-            # polars writes columns in parallel; no statistics (readers of change data do not skip files by
-            # them, and they cost 40% of the write)
-            changes.write_parquet(target, compression=DATA_COMPRESSION, statistics=False)
-        else:
-            pq.write_table(changes, target, compression="snappy")
+        frame = pl.from_arrow(changes) if isinstance(changes, pa.Table) else changes
+        assert isinstance(frame, pl.DataFrame)
+        # polars writes columns in parallel; no statistics (readers of change data do not skip files by them, and
+        # they cost 40% of the write)
+        frame.write_parquet(target, compression=DATA_COMPRESSION, statistics=False)
         return {"path": relative, "partitionValues": {}, "size": target.stat().st_size, "dataChange": False}
 
     def _write_commit(self, version: int, actions: list[dict]) -> None:

@@ -209,9 +209,8 @@ def _appended_rows(raw: DeltaTable, schema: pa.Schema, start: int,
 
 
 def _scan_raw_files(schema: pa.Schema, paths: list[str], *, with_path: bool) -> pl.DataFrame:
-    target = pl.from_arrow(schema.empty_table()).schema  # type: ignore[union-attr]
     return pl.scan_parquet(
-        paths, schema=target, missing_columns="insert", extra_columns="ignore",
+        paths, schema=_polars_schema(schema), missing_columns="insert", extra_columns="ignore",
         cast_options=pl.ScanCastOptions(integer_cast="upcast", missing_struct_fields="insert",
                                         extra_struct_fields="ignore"),
         include_file_paths=SOURCE_FILE if with_path else None,
@@ -417,7 +416,7 @@ def _without_stored(changes: pl.DataFrame, heads: pl.DataFrame, last: pl.DataFra
 
     An event the history holds is a duplicate: the stored row wins, as in fold_changes. Only a key with an event
     at or before its last stored row can have one: the others skip the (costly) exact match."""
-    earliest = first_of_each_key(changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]), key)
+    earliest = _first_changes(changes, key)
     suspects = earliest.join(last.select(*key, "valid_from_lsn", "valid_from_offset"), on=key, how="inner",
                              nulls_equal=True).filter(
         (pl.col(LSN) < pl.col("valid_from_lsn"))
@@ -433,7 +432,12 @@ def _without_stored(changes: pl.DataFrame, heads: pl.DataFrame, last: pl.DataFra
     if duplicates.is_empty():
         return changes, earliest
     changes = changes.filter(~pl.int_range(pl.len(), dtype=duplicates.dtype).is_in(duplicates.implode()))
-    return changes, first_of_each_key(changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]), key)
+    return changes, _first_changes(changes, key)
+
+
+def _first_changes(changes: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """The key and sequence of each key's first change."""
+    return first_of_each_key(changes.select(*key, *SEQUENCE).sort([*key, *SEQUENCE]), key)
 
 
 def _sql_literal(value: object) -> str:

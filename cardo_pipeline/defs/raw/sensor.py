@@ -45,9 +45,9 @@ def pending_ranges(
     return ends, pending
 
 
-def tables_in_flight(instance: dg.DagsterInstance, keys_of: Mapping[str, set[dg.AssetKey]]) -> set[str]:
-    """The tables with a run in flight: this sensor's (by their tag), or any run materializing one of their assets
-    (`keys_of`: each table's raw asset and what follows it)."""
+def tables_in_flight(instance: dg.DagsterInstance, keys_of: Mapping[str, frozenset[dg.AssetKey]]) -> set[str]:
+    """The tables with a run in flight that materializes one of their assets (`keys_of`: each table's raw asset
+    and what follows it), whoever started it: this sensor's runs select them too."""
     runs = instance.get_runs(
         filters=dg.RunsFilter(
             statuses=[
@@ -56,9 +56,8 @@ def tables_in_flight(instance: dg.DagsterInstance, keys_of: Mapping[str, set[dg.
             ],
         )
     )
-    busy = {name for run in runs for name in run.tags.get(RAW_TABLES_TAG, "").split(",") if name}
     selected = {key for run in runs for key in (run.asset_selection or ())}
-    return busy | {name for name, keys in keys_of.items() if keys & selected}
+    return {name for name, keys in keys_of.items() if keys & selected}
 
 
 def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int,
@@ -66,6 +65,7 @@ def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int,
                                ) -> dg.SensorDefinition:
     """`follows`: the assets a table's run materializes after its raw asset (the curated tables, the mirror)."""
     run_keys = {t.name: [raw_key(t), *follows(t)] for t in tables}
+    keys_of = {name: frozenset(keys) for name, keys in run_keys.items()}
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -83,10 +83,10 @@ def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int,
         except KafkaUnavailable as exc:
             return dg.SkipReason(str(exc))
         cursor = json.dumps({topic: {str(p): o for p, o in parts.items()} for topic, parts in ends.items()})
-        busy = tables_in_flight(context.instance, {name: set(keys) for name, keys in run_keys.items()})
+        busy = tables_in_flight(context.instance, keys_of)
         ready = {name: ranges for name, ranges in pending.items() if name not in busy}
         if not ready:
-            reason = f"raw runs still in flight for {sorted(busy)}" if pending else "no new messages in Kafka"
+            reason = f"runs still in flight for {sorted(busy)}" if pending else "no new messages in Kafka"
             return dg.SensorResult(skip_reason=reason, cursor=cursor)
         # The same offset ranges always give the same run key, so a repeated tick cannot request them twice.
         run_key = "raw-" + hashlib.sha256(json.dumps(ready, sort_keys=True).encode()).hexdigest()[:20]
