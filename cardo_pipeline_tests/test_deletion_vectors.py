@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, QueryBuilder, write_deltalake
 from hypothesis import given, settings
@@ -94,6 +96,38 @@ def test_a_commit_marks_rows_deleted_appends_rows_and_records_its_change_feed(tm
     # compaction (maintenance) folds the vectors into new files: the same rows
     DeltaTable(uri).optimize.compact()
     assert _ids_seen_by_every_reader(uri) == [0, 1, 2, 4, 5, 6, 7, 8, 11]
+
+
+def test_text_a_commit_writes_reads_back_the_same_through_every_reader(tmp_path):
+    # New files declare their text columns as Arrow string views (polars writes them from its views, without a
+    # copy); readers that take the Arrow schema and readers that take the Parquet types must all see the text.
+    uri = _table(tmp_path)
+    table = MergeOnReadTable(DeltaTable(uri))
+    names = ["", "short", "x" * 5000, None, "ümlaut ✓"]
+    rows = pa.table({"id": [100, 101, 102, 103, 104], "name": names}, schema=SCHEMA)
+    feed = pa.table({"id": [100], "name": ["short"], "_change_type": ["insert"]})
+    version = table.commit(pl.DataFrame(schema={FILE: pl.String, ROW: pl.UInt32}), rows, metadata={},
+                           change_feed=feed)
+    delta = DeltaTable(uri)
+    new_file = next(add["path"] for add in MergeOnReadTable(delta).files().values()
+                    if add.get("stats") and '"maxValues":{"id":104}' in add["stats"])
+    assert pq.ParquetFile(tmp_path / "t" / new_file).schema_arrow.field("name").type == pa.string_view()
+    expected = dict(zip(range(100, 105), names, strict=True))
+
+    def by_id(ids, texts) -> dict:
+        return {i: t for i, t in zip(ids, texts, strict=True) if i >= 100}
+
+    assert by_id(*pl.read_delta(uri).select("id", "name").to_dict(as_series=False).values()) == expected
+    sql = pa.table(QueryBuilder().register("t", delta).execute("select id, name from t").read_all())
+    assert by_id(sql["id"].to_pylist(), sql["name"].to_pylist()) == expected
+    plain = pq.read_table(tmp_path / "t" / new_file)
+    assert by_id(plain["id"].to_pylist(), plain["name"].to_pylist()) == expected
+    seen = duckdb.sql(f"select id, name from read_parquet('{tmp_path / 't' / new_file}')").fetchall()
+    assert by_id([i for i, _ in seen], [t for _, t in seen]) == expected
+    changes = pa.table(delta.load_cdf(starting_version=version).read_all())
+    assert changes["name"].to_pylist() == ["short"]
+    DeltaTable(uri).optimize.compact()  # delta-rs rewrites them
+    assert by_id(*pl.read_delta(uri).select("id", "name").to_dict(as_series=False).values()) == expected
 
 
 def test_a_second_writer_from_the_same_version_fails_and_changes_nothing(tmp_path):
