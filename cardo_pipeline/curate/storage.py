@@ -622,10 +622,14 @@ def _differing(new: pl.DataFrame, old: pl.DataFrame, on: list[str], compared: li
     each with OLD_ROW: the position in `old` of the row it replaces (null for a row `old` lacks)."""
     if old.is_empty() or new.is_empty():
         return new.with_columns(pl.lit(None, pl.UInt32).alias(OLD_ROW))
-    joined = new.join(old.select(*on, *compared).with_row_index(OLD_ROW), on=on, how="left", suffix="__old",
-                      nulls_equal=True, maintain_order="left")
+    # the join takes the compared columns only; the wide rows are filtered once (`old` holds each key once)
+    joined = new.select(*on, *compared).join(old.select(*on, *compared).with_row_index(OLD_ROW), on=on, how="left",
+                                             suffix="__old", nulls_equal=True, maintain_order="left")
+    if joined.height != new.height:
+        raise ValueError(f"rows of the stored table repeat a key of {on}")
     differs = pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}__old")) for c in compared)
-    return joined.filter(pl.col(OLD_ROW).is_null() | differs).select(*new.columns, OLD_ROW)
+    keep = joined.select(pl.col(OLD_ROW).is_null() | differs).to_series()
+    return new.filter(keep).with_columns(joined[OLD_ROW].filter(keep))
 
 
 def _commit_only(table: DeltaTable, schema: pa.Schema, commit: _BatchCommit) -> None:
