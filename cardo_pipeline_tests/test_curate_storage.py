@@ -139,6 +139,8 @@ def test_a_history_from_an_earlier_layout_is_refused_with_how_to_rebuild_it(tmp_
     OffsetTrackedTable(f"{tmp_path}/raw/things").append(arrow([Source().insert(1)]), "cardo.public.things", {0: 1}, {})
     with pytest.raises(storage.OutdatedTableError, match="delete .*things_history.*applies the raw table again"):
         store.apply()
+    with pytest.raises(storage.OutdatedTableError, match="delete .*things_history"):  # maintenance too
+        store.expire_tombstones(timedelta(days=30))
 
 
 def test_a_crash_between_the_two_commits_is_repaired_by_the_next_run(tmp_path, monkeypatch) -> None:

@@ -243,13 +243,17 @@ class CuratedStore:
     def tables(self) -> tuple[DeltaTable, DeltaTable]:
         current = _ensure(self.locations.current, current_schema(self.table), CURATED_CONFIGURATION)
         history = _ensure(self.locations.history, history_schema(self.table), CURATED_CONFIGURATION)
+        self._check_layout(history)
+        return current, history
+
+    def _check_layout(self, history: DeltaTable) -> None:
+        """Refuse a history written in an earlier layout, saying how to rebuild it."""
         marks = pa.schema(history.schema().to_arrow()).field(UNCHANGED_TOAST).type
         if not pa.types.is_string(marks) and not pa.types.is_large_string(marks):
             raise OutdatedTableError(
                 f"{self.locations.history}: written by an earlier version of cardo-pipeline (column {UNCHANGED_TOAST} "
                 f"is {marks}, now text). Curated tables are derived from raw: delete {self.locations.current} and "
                 f"{self.locations.history}, and the next run applies the raw table again from its start.")
-        return current, history
 
     def applied_raw_version(self) -> int | None:
         """The last raw version both tables hold (the lower one: a crash between the commits is repaired)."""
@@ -293,6 +297,7 @@ class CuratedStore:
         history = load_table(self.locations.history)
         if history is None:
             return 0
+        self._check_layout(history)
         cutoff = (now or datetime.now(UTC)) - retention
         schema = history_schema(self.table)
         heads = pa.schema([schema.field(name) for name in [*self.key, *HEAD_COLUMNS]])
