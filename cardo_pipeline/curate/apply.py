@@ -32,6 +32,7 @@ UNCHANGED_TOAST = "_cardo_unchanged_toast"  # the event's columns that were TOAS
 SOURCE_TS = "_cardo_source_ts"
 UPSERT_OPS = ("c", "u", "r")  # insert, update, snapshot read
 SEQUENCE = [LSN, OFFSET]
+VALID_FROM = ["valid_from_lsn", "valid_from_offset"]  # a history row's sequence: with the key, its identity
 # On a log row (optional column): its values stand resolved, because no earlier row of its key is in the log
 # (the storage layer folds a key's last stored row alone when every new event follows it)
 RESOLVED = "_cardo_resolved"
@@ -259,4 +260,4 @@ def history_rows(state: CuratedTables, table: SourceTable) -> list[dict]:
     names = [c.name for c in table.columns]
     columns = [*names, "valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
     return history(state, table).select(columns).sort(
-        [*table.primary_key, "valid_from_lsn", "valid_from_offset"]).to_dicts()
+        [*table.primary_key, *VALID_FROM]).to_dicts()

@@ -39,6 +39,7 @@ from cardo_pipeline.curate.apply import (
     SEQUENCE,
     SOURCE_TS,
     UNCHANGED_TOAST,
+    VALID_FROM,
     changes_from_raw,
     current_frame,
     first_of_each_key,
@@ -348,7 +349,7 @@ class CuratedStore:
 
         commit = _BatchCommit(raw_version, {"cardo.raw_version": str(raw_version),
                                             "cardo.events": str(raw_rows.height)})
-        history_key = [*self.key, "valid_from_lsn", "valid_from_offset"]
+        history_key = [*self.key, *VALID_FROM]
         # an event's own values never change once stored: only what later events decide can (its valid_to, and
         # TOAST-unchanged columns, resolved from the events before it)
         toasted = list(self.table.toasted)
@@ -408,7 +409,7 @@ class CuratedStore:
         if slow.is_empty():
             return changes, rebuilt
         read = writer.history_rows(slow).select(*typed, *located).with_columns(pl.lit(False).alias(RESOLVED))
-        return changes, pl.concat([rebuilt, read]).sort([*key, "valid_from_lsn", "valid_from_offset"])
+        return changes, pl.concat([rebuilt, read]).sort([*key, *VALID_FROM])
 
 
 def _polars_schema(schema: pa.Schema) -> pl.Schema:
@@ -461,14 +462,14 @@ class _Writer:
     def history_rows(self, keys: pl.DataFrame | None) -> pl.DataFrame:
         """The history rows of `keys` (all, for None), sorted by key and valid_from."""
         rows = self._history(history_schema(self.store.table), keys)
-        return rows.sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
+        return rows.sort([*self.store.key, *VALID_FROM])
 
     def history_heads(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The history rows of `keys` without their values (key, valid_from, is_current, is_deleted, the
         unchanged-TOAST marks), sorted by key and valid_from."""
         schema = history_schema(self.store.table)
         heads = pa.schema([schema.field(name) for name in [*self.store.key, *HEAD_COLUMNS]])
-        return self._history(heads, keys).sort([*self.store.key, "valid_from_lsn", "valid_from_offset"])
+        return self._history(heads, keys).sort([*self.store.key, *VALID_FROM])
 
     def current_rows(self, keys: pl.DataFrame) -> pl.DataFrame:
         """The current rows of `keys` (one per key), in no particular order."""
@@ -569,7 +570,7 @@ class _MergeWriter(_Writer):
 
     def write_history(self, old: pl.DataFrame, changed: pl.DataFrame, commit: _BatchCommit) -> None:
         table = self.store.table
-        on = [*self.store.key, "valid_from_lsn", "valid_from_offset"]
+        on = [*self.store.key, *VALID_FROM]
         if changed.is_empty():
             _commit_only(self.history, history_schema(table), commit.properties())
             return
