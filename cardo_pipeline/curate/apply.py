@@ -183,7 +183,7 @@ def current_frame(log: pl.DataFrame, truncates: list[tuple[int, int]], table: So
     return last.filter(pl.col(OP) == "upsert")
 
 
-HISTORY_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "valid_from_ts",
+HISTORY_COLUMNS = [*VALID_FROM, "valid_to_lsn", "valid_to_offset", "valid_from_ts",
                    "valid_to_ts", "is_current", "is_deleted"]
 
 
@@ -258,6 +258,6 @@ def current_rows(state: CuratedTables, table: SourceTable) -> list[dict]:
 
 def history_rows(state: CuratedTables, table: SourceTable) -> list[dict]:
     names = [c.name for c in table.columns]
-    columns = [*names, "valid_from_lsn", "valid_from_offset", "valid_to_lsn", "valid_to_offset", "is_current"]
+    columns = [*names, *VALID_FROM, "valid_to_lsn", "valid_to_offset", "is_current"]
     return history(state, table).select(columns).sort(
         [*table.primary_key, *VALID_FROM]).to_dicts()

@@ -79,7 +79,7 @@ def history_schema(table: SourceTable) -> pa.Schema:
                       pa.field(UNCHANGED_TOAST, pa.string())])  # a JSON array (`marks_as_text`)
 
 
-HEAD_COLUMNS = ["valid_from_lsn", "valid_from_offset", "valid_from_ts", "is_current", "is_deleted", UNCHANGED_TOAST]
+HEAD_COLUMNS = [*VALID_FROM, "valid_from_ts", "is_current", "is_deleted", UNCHANGED_TOAST]
 TRUNCATES_SCHEMA = pa.schema([pa.field("lsn", pa.int64(), False), pa.field("offset", pa.int64(), False)])
 
 
@@ -423,7 +423,7 @@ def _without_stored(changes: pl.DataFrame, heads: pl.DataFrame, last: pl.DataFra
     An event the history holds is a duplicate: the stored row wins, as in fold_changes. Only a key with an event
     at or before its last stored row can have one: the others skip the (costly) exact match."""
     earliest = _first_changes(changes, key)
-    suspects = earliest.join(last.select(*key, "valid_from_lsn", "valid_from_offset"), on=key, how="inner",
+    suspects = earliest.join(last.select(*key, *VALID_FROM), on=key, how="inner",
                              nulls_equal=True).filter(
         (pl.col(LSN) < pl.col("valid_from_lsn"))
         | ((pl.col(LSN) == pl.col("valid_from_lsn")) & (pl.col(OFFSET) <= pl.col("valid_from_offset")))).select(key)
