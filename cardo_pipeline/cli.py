@@ -96,15 +96,15 @@ def _ingest(args: argparse.Namespace) -> int:
     """Land new Kafka messages in the raw tables without Dagster (what the raw assets run)."""
     from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
     from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES
-    from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
+    from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, TABLES_BY_NAME
 
     settings = CardoSettings.from_env()
     unknown = sorted(set(args.table) - set(TABLES_BY_NAME))
     if unknown:
         raise ConfigError(f"--table {unknown[0]!r} is not a source table; choose from {sorted(TABLES_BY_NAME)}")
     tables = [TABLES_BY_NAME[name] for name in args.table] or list(SOURCE_TABLES)
-    jobs = [TopicIngest(table, settings.topic(table.name), str(settings.lake_dir / "raw" / table.name),
-                        str(settings.lake_dir / "raw" / "_dead_letter")) for table in tables]
+    jobs = [TopicIngest(table, settings.topic(table.name), settings.lake_table(table.layout.raw),
+                        settings.lake_table(DEAD_LETTER_PATH)) for table in tables]
     result = ingest_topics(settings.kafka_bootstrap, jobs, workers=args.workers,
                            max_batch_messages=args.batch or DEFAULT_BATCH_MESSAGES)
     for report in result.reports.values():

@@ -10,9 +10,9 @@ import dagster as dg
 
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
-from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.groups import CURATED, ICEBERG
-from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS, iceberg_key
+from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
+from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS

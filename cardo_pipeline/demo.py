@@ -19,7 +19,7 @@ import psycopg
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.settings import CardoSettings, ensure_dagster_home
 from cardo_pipeline.stack import Stack
-from cardo_pipeline.tables import SOURCE_TABLES
+from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES
 
 
 @dataclass
@@ -148,12 +148,12 @@ def raw_figures(settings: CardoSettings) -> dict:
     from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 
     ends = topic_message_counts(settings)
-    dead = dead_letters_by_topic(str(settings.lake_dir / "raw" / "_dead_letter"))
+    dead = dead_letters_by_topic(settings.lake_table(DEAD_LETTER_PATH))
     figures: dict = {"raw_rows": {}, "kafka_offsets_consumed": {}, "dead_lettered": sum(dead.values()),
                      "reconciliation": {}}
     for table in SOURCE_TABLES:
         topic = settings.topic(table.name)
-        raw = OffsetTrackedTable(str(settings.lake_dir / "raw" / table.name))
+        raw = OffsetTrackedTable(settings.lake_table(table.layout.raw))
         committed = raw.next_offsets(topic, sorted(ends[topic]))
         rows = raw.row_count()
         messages = sum(ends[topic].values())
@@ -179,7 +179,7 @@ def curated_figures(settings: CardoSettings) -> dict:
     with psycopg.connect(settings.pg_dsn) as conn:
         for table in SOURCE_TABLES:
             names = table.column_names
-            curated = read_live(str(settings.lake_dir / "curated" / table.name), columns=names)
+            curated = read_live(settings.lake_table(table.layout.curated), columns=names)
             if curated is None:
                 continue
             figures["curated_rows"][table.name] = curated.height

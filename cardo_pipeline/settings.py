@@ -8,8 +8,11 @@ variables (see deploy/helm/values.yaml).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cardo_pipeline.tables import DEFAULT_TOPIC_PREFIX, lake_uri, topic_name
 
 
 class ConfigError(ValueError):
@@ -66,7 +69,7 @@ class CardoSettings:
     connect_port: int
     database: str = "servicing"
     pg_user: str = "cardo"
-    topic_prefix: str = "servicing"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> CardoSettings:
@@ -83,7 +86,7 @@ class CardoSettings:
             kafka_port=_port(env, "CARDO_KAFKA_PORT", 29092),
             kafka_controller_port=_port(env, "CARDO_KAFKA_CONTROLLER_PORT", 29093),
             connect_port=_port(env, "CARDO_CONNECT_PORT", 28083),
-            topic_prefix=env.get("CARDO_TOPIC_PREFIX") or "servicing",
+            topic_prefix=env.get("CARDO_TOPIC_PREFIX") or DEFAULT_TOPIC_PREFIX,
         )
 
     @property
@@ -103,4 +106,8 @@ class CardoSettings:
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
     def topic(self, table: str) -> str:
-        return f"{self.topic_prefix}.public.{table}"
+        return topic_name(self.topic_prefix, table)
+
+    def lake_table(self, path: Sequence[str]) -> str:
+        """The location of the table at `path` in the local lake (`SourceTable.layout`, `DEAD_LETTER_PATH`)."""
+        return lake_uri(str(self.lake_dir), path)

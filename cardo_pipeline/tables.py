@@ -1,11 +1,46 @@
 """The source table registry: one entry per servicing table drives raw, curated and Iceberg assets and their checks.
 
 Adding a source table is one entry here plus its migration; `test_tables.py` proves the two agree with Postgres.
+Each entry also says where its tables live (`SourceTable.layout`: asset key paths, which are the lake paths too)
+and which topic Debezium writes it to (`SourceTable.topic`): nothing else spells those out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+
+DEFAULT_TOPIC_PREFIX = "servicing"  # Debezium's topic.prefix (ARCHITECTURE section 3)
+DEAD_LETTER_PATH = ("raw", "_dead_letter")  # shared by every topic
+
+
+def topic_name(prefix: str, table: str) -> str:
+    """The topic Debezium's Postgres connector writes `public.<table>` to."""
+    return f"{prefix}.public.{table}"
+
+
+def lake_uri(root: str, path: Sequence[str]) -> str:
+    """A table's location: `<lake root>/<asset key path>` (a folder locally, an object store URI in production)."""
+    return "/".join([str(root).rstrip("/"), *path])
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """The asset key paths of one source table's tables; a table's lake path is its key path under the lake root."""
+
+    kafka: tuple[str, ...]  # the Debezium topic, an observed source asset (not in the lake)
+    raw: tuple[str, ...]
+    curated: tuple[str, ...]
+    history: tuple[str, ...]
+    iceberg: tuple[str, ...]  # in the Iceberg catalog, namespace `curated`
+    truncates: tuple[str, ...]  # the truncates seen, beside the curated tables (no asset of its own)
+
+    @classmethod
+    def of(cls, name: str) -> TableLayout:
+        return cls(kafka=("kafka", name), raw=("raw", name), curated=("curated", name),
+                   history=("curated", f"{name}_history"), iceberg=("iceberg", name),
+                   truncates=("curated", "_truncates", name))
 
 
 @dataclass(frozen=True)
@@ -22,6 +57,13 @@ class SourceTable:
     columns: tuple[Column, ...]
     description: str
     toasted: tuple[str, ...] = ()  # columns that can arrive as Debezium's unchanged-TOAST placeholder
+
+    @cached_property
+    def layout(self) -> TableLayout:
+        return TableLayout.of(self.name)
+
+    def topic(self, prefix: str = DEFAULT_TOPIC_PREFIX) -> str:
+        return topic_name(prefix, self.name)
 
     @property
     def column_names(self) -> list[str]:

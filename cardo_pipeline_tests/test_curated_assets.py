@@ -13,8 +13,8 @@ import pytest
 from cardo_pipeline.curate.oracle import replay
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
-from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
-from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS, iceberg_key
+from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
+from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.resources import IcebergResource, KafkaResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES

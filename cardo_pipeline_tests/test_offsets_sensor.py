@@ -11,9 +11,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
-from cardo_pipeline.defs.iceberg.assets import iceberg_key
-from cardo_pipeline.defs.raw.keys import raw_key
+from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key, raw_key
 from cardo_pipeline.defs.raw.sensor import RAW_TABLES_TAG, SENSOR_NAME, build_kafka_offsets_sensor
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME

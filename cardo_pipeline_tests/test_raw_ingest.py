@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cardo_pipeline.defs.keys import raw_key
 from cardo_pipeline.defs.raw.assets import RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
-from cardo_pipeline.defs.raw.keys import raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.tables import TABLES_BY_NAME, Column
 from cardo_pipeline_tests.raw_helpers import (

@@ -50,7 +50,7 @@ from cardo_pipeline.mirror.iceberg import IcebergMirror, sql_catalog
 from cardo_pipeline.tables import TABLES_BY_NAME
 
 LOANS = TABLES_BY_NAME["loans"]
-TOPIC = "bench.public.loans"
+TOPIC = LOANS.topic("bench")
 START = datetime(2006, 1, 1, tzinfo=UTC)
 BOOK_DAYS = 20 * 365
 CHUNK = 500_000

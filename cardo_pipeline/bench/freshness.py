@@ -25,6 +25,7 @@ import psycopg
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.settings import CardoSettings, ensure_dagster_home, sensor_interval_seconds
 from cardo_pipeline.stack import Stack
+from cardo_pipeline.tables import TABLES_BY_NAME
 
 MARK = "cardo freshness"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +119,7 @@ def bench_freshness(changes: int = 20, pause_s: float = 5.0, warmup_timeout_s: f
 
 def _measure(settings: CardoSettings, connection: psycopg.Connection, loans: list[int], changes: int,
              pause_s: float, warmup_timeout_s: float, timeout_s: float, own_daemon: bool, log) -> dict:
-    curated = str(settings.lake_dir / "curated" / "loans")
+    curated = settings.lake_table(TABLES_BY_NAME["loans"].layout.curated)
     rng = np.random.default_rng()
     run = uuid.uuid4().hex[:8]
     # Warm-up: the first change also waits for any backlog and for the daemon's first ticks; not measured.

@@ -32,7 +32,7 @@ from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.settings import CardoSettings
 from cardo_pipeline.stack import Stack
-from cardo_pipeline.tables import SOURCE_TABLES
+from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, lake_uri
 
 EVENTS_PER_LOAN_24_MONTHS = 89  # measured on the simulator: originations, schedules, servicing, deletes
 
@@ -92,15 +92,15 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
     if not all(s.healthy for s in stack.status()):
         stack.up(log=lambda _: None)
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    topics = [f"{prefix}.public.{t.name}" for t in SOURCE_TABLES]
+    topics = [t.topic(prefix) for t in SOURCE_TABLES]
     log(f"producing {events:,} events to {prefix}.public.*")
     lake = Path(tempfile.mkdtemp(prefix="cardo-bench-lake-"))
     try:
         produce_events(settings, prefix, events, seed)
         os.sync()  # the broker's freshly written segments go to disk now, not during the measurements
         messages, size, consume_seconds, consume_rss_mb = consume_only_in_child(settings.kafka_bootstrap, topics)
-        jobs = [TopicIngest(table, f"{prefix}.public.{table.name}", str(lake / "raw" / table.name),
-                            str(lake / "raw" / "_dead_letter")) for table in SOURCE_TABLES]
+        jobs = [TopicIngest(table, table.topic(prefix), lake_uri(str(lake), table.layout.raw),
+                            lake_uri(str(lake), DEAD_LETTER_PATH)) for table in SOURCE_TABLES]
         started = time.perf_counter()
         with PeakTreeRss() as ingest_rss:
             result = ingest_topics(settings.kafka_bootstrap, jobs, workers=workers, max_batch_messages=batch)

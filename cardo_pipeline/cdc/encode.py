@@ -284,7 +284,7 @@ class TableEncoder:
 
     def __init__(self, table: SourceTable, topic_prefix: str, database: str):
         self.table = table
-        self.topic = f"{topic_prefix}.{SOURCE_SCHEMA}.{table.name}"
+        self.topic = table.topic(topic_prefix)
         codecs = {c.name: _column_codec(c) for c in table.columns}
         # Debezium orders key fields as the table orders its columns, whatever order the key was declared in.
         key_columns = [c for c in table.columns if c.name in table.primary_key]

@@ -52,7 +52,7 @@ from cardo_pipeline.curate.apply import (
 )
 from cardo_pipeline.curate.merge_on_read import FILE, ROW, MergeOnReadTable, local_root, supports
 from cardo_pipeline.ingest.delta_log import load_table
-from cardo_pipeline.tables import SourceTable
+from cardo_pipeline.tables import SourceTable, lake_uri
 
 RAW_VERSION_APP_ID = "cardo/raw-version"  # the app transaction whose version is the last raw version applied
 # Deletion vectors: batches mark replaced rows instead of rewriting their files (`merge_on_read`)
@@ -96,9 +96,9 @@ class CuratedLocations:
 
     @classmethod
     def in_lake(cls, lake: str, table: SourceTable) -> CuratedLocations:
-        root = lake.rstrip("/")
-        return cls(f"{root}/raw/{table.name}", f"{root}/curated/{table.name}",
-                   f"{root}/curated/{table.name}_history", f"{root}/curated/_truncates/{table.name}")
+        layout = table.layout
+        return cls(lake_uri(lake, layout.raw), lake_uri(lake, layout.curated), lake_uri(lake, layout.history),
+                   lake_uri(lake, layout.truncates))
 
 
 @dataclass

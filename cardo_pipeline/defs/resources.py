@@ -8,23 +8,25 @@ environment variables of the user-code pods via EnvVar.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import dagster as dg
 
 from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.tables import DEFAULT_TOPIC_PREFIX, lake_uri, topic_name
 
 
 class KafkaResource(dg.ConfigurableResource):
     """The Kafka cluster holding the Debezium topics."""
 
     bootstrap_servers: str | None = None  # None: the local stack
-    topic_prefix: str = "servicing"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
 
     def bootstrap(self) -> str:
         return self.bootstrap_servers or CardoSettings.from_env().kafka_bootstrap
 
     def topic(self, table: str) -> str:
-        return f"{self.topic_prefix}.public.{table}"
+        return topic_name(self.topic_prefix, table)
 
 
 class ServicingDatabase(dg.ConfigurableResource):
@@ -41,9 +43,12 @@ class LakeResource(dg.ConfigurableResource):
 
     root: str | None = None  # None: $CARDO_HOME/lake
 
-    def location(self, *key_path: str) -> str:
-        base = self.root or str(CardoSettings.from_env().lake_dir)
-        return "/".join([base.rstrip("/"), *key_path])
+    def root_uri(self) -> str:
+        return self.root or str(CardoSettings.from_env().lake_dir)
+
+    def table(self, path: Sequence[str]) -> str:
+        """The location of the table at `path` (a `SourceTable.layout` path or `DEAD_LETTER_PATH`)."""
+        return lake_uri(self.root_uri(), path)
 
 
 class IcebergResource(dg.ConfigurableResource):

@@ -20,7 +20,7 @@ import pyarrow as pa
 from cardo_pipeline.cdc.arrow_types import DEAD_LETTER_SCHEMA
 from cardo_pipeline.cdc.decode import KafkaRecord, decode_batch
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
-from cardo_pipeline.tables import TABLES_BY_NAME
+from cardo_pipeline.tables import DEAD_LETTER_PATH, TABLES_BY_NAME, lake_uri
 
 _TABLE_FIELD = re.compile(rb'"table"\s*:\s*"([^"]+)"')
 
@@ -45,8 +45,9 @@ def _table_of(value: bytes) -> str | None:
 
 def replay_file(path: Path, lake_dir: Path, batch_lines: int = 50_000) -> ReplayReport:
     topic = f"file:{path.resolve()}"
-    raw_tables = {name: OffsetTrackedTable(str(lake_dir / "raw" / name)) for name in TABLES_BY_NAME}
-    dead_letter = OffsetTrackedTable(str(lake_dir / "raw" / "_dead_letter"))
+    raw_tables = {name: OffsetTrackedTable(lake_uri(str(lake_dir), table.layout.raw))
+                  for name, table in TABLES_BY_NAME.items()}
+    dead_letter = OffsetTrackedTable(lake_uri(str(lake_dir), DEAD_LETTER_PATH))
     done = {name: t.next_offsets(topic, [0])[0] for name, t in raw_tables.items()}
     dead_done = dead_letter.next_offsets(topic, [0])[0]
     report = ReplayReport()

@@ -6,21 +6,15 @@ import dagster as dg
 from cardo_pipeline.curate.merge_on_read import file_summary
 from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, CuratedStore
 from cardo_pipeline.defs.automation import follows_upstream
-from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.groups import CURATED
-from cardo_pipeline.defs.raw.keys import raw_key
+from cardo_pipeline.defs.keys import curated_history_key, curated_key, raw_key
 from cardo_pipeline.defs.resources import LakeResource
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
 
 def curated_locations(lake: LakeResource, table: SourceTable) -> CuratedLocations:
-    return CuratedLocations(
-        raw=lake.location(*raw_key(table).path),
-        current=lake.location(*curated_key(table).path),
-        history=lake.location(*curated_history_key(table).path),
-        truncates=lake.location("curated", "_truncates", table.name),
-    )
+    return CuratedLocations.in_lake(lake.root_uri(), table)
 
 
 def _layout(table) -> dict:

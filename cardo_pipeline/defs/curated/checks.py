@@ -6,7 +6,7 @@ import dagster as dg
 
 from cardo_pipeline.curate.consistency import compare_current_with_history
 from cardo_pipeline.defs.curated.assets import curated_locations
-from cardo_pipeline.defs.curated.keys import curated_key
+from cardo_pipeline.defs.keys import curated_key
 from cardo_pipeline.defs.resources import LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 

@@ -11,8 +11,8 @@ import dagster as dg
 
 from cardo_pipeline.curate.storage import current_schema
 from cardo_pipeline.defs.automation import follows_upstream
-from cardo_pipeline.defs.curated.keys import curated_key
 from cardo_pipeline.defs.groups import ICEBERG
+from cardo_pipeline.defs.keys import curated_key, iceberg_key
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
@@ -20,14 +20,10 @@ if TYPE_CHECKING:
     from cardo_pipeline.mirror.iceberg import IcebergMirror
 
 
-def iceberg_key(table: SourceTable) -> dg.AssetKey:
-    return dg.AssetKey(["iceberg", table.name])
-
-
 def mirror_for(table: SourceTable, iceberg: IcebergResource, lake: LakeResource) -> "IcebergMirror":
     from cardo_pipeline.mirror.iceberg import IcebergMirror
 
-    return IcebergMirror(iceberg.catalog(), iceberg.identifier(table.name), lake.location(*curated_key(table).path),
+    return IcebergMirror(iceberg.catalog(), iceberg.identifier(table.name), lake.table(table.layout.curated),
                          table, current_schema(table))
 
 

@@ -12,9 +12,7 @@ from cardo_pipeline.curate.maintenance import (
 )
 from cardo_pipeline.curate.storage import CuratedStore
 from cardo_pipeline.defs.curated.assets import curated_locations
-from cardo_pipeline.defs.curated.keys import curated_history_key, curated_key
-from cardo_pipeline.defs.iceberg.assets import iceberg_key
-from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
+from cardo_pipeline.defs.keys import DEAD_LETTER_KEY, curated_history_key, curated_key, iceberg_key, raw_key
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
 from cardo_pipeline.tables import SOURCE_TABLES
 
@@ -49,7 +47,7 @@ def maintain_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, l
                 "maintenance/tombstone_retention_days": config.tombstone_retention_days}))
     keys = [DEAD_LETTER_KEY] + [k for t in SOURCE_TABLES for k in (raw_key(t), curated_key(t), curated_history_key(t))]
     for key in keys:
-        report = maintain_delta_table(lake.location(*key.path), target_file_bytes=config.target_file_mb * 2**20,
+        report = maintain_delta_table(lake.table(key.path), target_file_bytes=config.target_file_mb * 2**20,
                                       retention=retention)
         if report is not None:
             context.log_event(dg.AssetObservation(asset_key=key, metadata={

@@ -7,14 +7,13 @@ and reports offsets, lag, counts and Delta versions as metadata.
 import dagster as dg
 
 from cardo_pipeline.defs.groups import RAW
-from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
+from cardo_pipeline.defs.keys import DEAD_LETTER_KEY, raw_key, topic_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
-from cardo_pipeline.defs.sources.topics import topic_asset_key
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
 from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport
 from cardo_pipeline.kafka_topics import end_offsets
-from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
+from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, SourceTable
 
 
 class RawIngestConfig(dg.Config):
@@ -45,7 +44,7 @@ def report_metadata(report: IngestReport, lag: int) -> dict[str, object]:
 def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
     @dg.asset(
         key=raw_key(table),
-        deps=[topic_asset_key(table)],
+        deps=[topic_key(table)],
         group_name=RAW,
         kinds={"delta", "kafka"},
         description=(
@@ -60,7 +59,7 @@ def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: RawIngestConfig, kafka: KafkaResource, lake: LakeResource
     ) -> dg.MaterializeResult:
         topic = kafka.topic(table.name)
-        job = TopicIngest(table, topic, lake.location("raw", table.name), lake.location(*DEAD_LETTER_KEY.path))
+        job = TopicIngest(table, topic, lake.table(table.layout.raw), lake.table(DEAD_LETTER_PATH))
         result = ingest_topics(
             kafka.bootstrap(), [job], workers=config.partition_workers or None,
             max_batch_messages=config.max_batch_messages, log=context.log.info,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cardo_pipeline.defs.raw.keys import DEAD_LETTER_KEY, raw_key
+from cardo_pipeline.defs.keys import raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.ingest.audit import audit_topic_offsets, incompatible_changes, read_columns
-from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
+from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, SourceTable
 
 
 def build_raw_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
@@ -19,7 +19,7 @@ def build_raw_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
     )
     def offsets_exactly_once(kafka: KafkaResource, lake: LakeResource) -> dg.AssetCheckResult:
         result = audit_topic_offsets(
-            lake.location("raw", table.name), lake.location(*DEAD_LETTER_KEY.path), kafka.topic(table.name)
+            lake.table(table.layout.raw), lake.table(DEAD_LETTER_PATH), kafka.topic(table.name)
         )
         if result is None:
             return dg.AssetCheckResult(passed=True, metadata={"note": "no raw table yet"})
@@ -38,7 +38,7 @@ def build_raw_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
         description="No message was dead-lettered because a column's type changed in a way raw cannot widen.",
     )
     def no_incompatible_schema_change(kafka: KafkaResource, lake: LakeResource) -> dg.AssetCheckResult:
-        dead = read_columns(lake.location(*DEAD_LETTER_KEY.path), ["topic", "partition", "offset", "error"])
+        dead = read_columns(lake.table(DEAD_LETTER_PATH), ["topic", "partition", "offset", "error"])
         bad = incompatible_changes(dead, kafka.topic(table.name)) if dead is not None else None
         count = 0 if bad is None else bad.num_rows
         samples = [] if bad is None else bad.slice(0, 5).select(["partition", "offset", "error"]).to_pylist()

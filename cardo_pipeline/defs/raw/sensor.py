@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import dagster as dg
 
-from cardo_pipeline.defs.raw.keys import raw_key
+from cardo_pipeline.defs.keys import raw_key
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.kafka_topics import KafkaUnavailable, end_offsets
@@ -36,7 +36,7 @@ def pending_ranges(
     pending: dict[str, dict[str, list[int]]] = {}
     for table in tables:
         topic_ends = ends[topics[table.name]]
-        committed = OffsetTrackedTable(lake.location("raw", table.name)).next_offsets(
+        committed = OffsetTrackedTable(lake.table(table.layout.raw)).next_offsets(
             topics[table.name], sorted(topic_ends)
         )
         ranges = {str(p): [committed[p], end] for p, end in sorted(topic_ends.items()) if end > committed[p]}

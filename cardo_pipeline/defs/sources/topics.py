@@ -11,13 +11,10 @@ import dagster as dg
 import psycopg
 
 from cardo_pipeline.defs.groups import SOURCES
+from cardo_pipeline.defs.keys import topic_key
 from cardo_pipeline.defs.resources import KafkaResource, ServicingDatabase
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
-
-
-def topic_asset_key(table: SourceTable) -> dg.AssetKey:
-    return dg.AssetKey(["kafka", table.name])
 
 
 def _source_row_count(db: ServicingDatabase, table: str) -> int | None:
@@ -30,7 +27,7 @@ def _source_row_count(db: ServicingDatabase, table: str) -> int | None:
 
 def build_topic_observation(table: SourceTable) -> dg.SourceAsset:
     @dg.observable_source_asset(
-        key=topic_asset_key(table),
+        key=topic_key(table),
         group_name=SOURCES,
         description=f"Debezium change events of servicing `public.{table.name}` ({table.description})",
         metadata={"primary_key": ", ".join(table.primary_key), "columns": ", ".join(table.column_names)},
