@@ -14,12 +14,13 @@ from cardo_pipeline.defs.groups import CURATED, ICEBERG
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
+from cardo_pipeline.defs.quality.monitoring import build_monitoring
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
-from cardo_pipeline.defs.raw.checks import RAW_CHECKS
+from cardo_pipeline.defs.raw.checks import DEAD_LETTER_CHECKS, RAW_CHECKS
 from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
 from cardo_pipeline.defs.resources import current_resources
 from cardo_pipeline.defs.sources import topics
-from cardo_pipeline.settings import sensor_interval_seconds
+from cardo_pipeline.settings import freshness_hours, sensor_interval_seconds
 from cardo_pipeline.tables import SOURCE_TABLES
 
 DEMO_JOB = "materialize_everything"
@@ -35,7 +36,7 @@ def defs() -> dg.Definitions:
     )
     raw = dg.Definitions(
         assets=[*RAW_ASSETS, DEAD_LETTER_SPEC],
-        asset_checks=RAW_CHECKS,
+        asset_checks=[*RAW_CHECKS, *DEAD_LETTER_CHECKS],
         # a table's run carries its raw asset and what follows it, so one run takes a change to curated
         sensors=[build_kafka_offsets_sensor(list(SOURCE_TABLES), sensor_interval_seconds(), follows=lambda table: [
             curated_key(table), curated_history_key(table), iceberg_key(table)])],
@@ -54,6 +55,7 @@ def defs() -> dg.Definitions:
         raw,
         curated,
         ICEBERG_DEFS,
+        build_monitoring(list(SOURCE_TABLES), freshness_hours(), sensor_interval_seconds()),
         # Steps run in the run's own process: the multiprocess default starts a process per step, each importing
         # the code location again (2-3 s a step, a 28 s curated run for 1 s of work), and the heavy work already
         # has its own processes (partition workers, Spark through Pipes).

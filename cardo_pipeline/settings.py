@@ -31,6 +31,22 @@ def sensor_interval_seconds() -> int:
     return int(raw)
 
 
+DEFAULT_FRESHNESS_HOURS = 24
+
+
+def freshness_hours() -> float:
+    """How long a curated table may go without an update before its freshness check warns
+    (`CARDO_FRESHNESS_HOURS`): a quiet source is no fault, so a day by default."""
+    raw = os.environ.get("CARDO_FRESHNESS_HOURS", str(DEFAULT_FRESHNESS_HOURS))
+    try:
+        hours = float(raw)
+    except ValueError:
+        hours = 0.0
+    if hours <= 0:
+        raise ConfigError(f"CARDO_FRESHNESS_HOURS must be a positive number of hours, got {raw!r}")
+    return hours
+
+
 def ensure_dagster_home(dagster_home: Path) -> None:
     """The instance directory, with a dagster.yaml that turns telemetry off (Dagster's defaults otherwise)."""
     dagster_home.mkdir(parents=True, exist_ok=True)

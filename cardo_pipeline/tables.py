@@ -44,10 +44,49 @@ class TableLayout:
 
 
 @dataclass(frozen=True)
+class Range:
+    """A value rule of the source contract: within [low, high], either end open or absent."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+
+    def describe(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'[' if self.low_inclusive and self.low is not None else '('}{low}, {high}" \
+               f"{']' if self.high_inclusive and self.high is not None else ')'}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """An enumeration of the source contract."""
+
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Before:
+    """A row rule: `earlier` < `later` (or <= when not strict) wherever both are present."""
+
+    earlier: str
+    later: str
+    strict: bool = True
+
+    def describe(self) -> str:
+        return f"{self.earlier} {'<' if self.strict else '<='} {self.later}"
+
+
+Rule = Range | OneOf
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     pg_type: str  # as Postgres reports it in information_schema (numeric(14,2) written in full)
     nullable: bool = False
+    rules: tuple[Rule, ...] = ()  # what every value must satisfy (nulls are nullable's business)
 
 
 @dataclass(frozen=True)
@@ -57,6 +96,7 @@ class SourceTable:
     columns: tuple[Column, ...]
     description: str
     toasted: tuple[str, ...] = ()  # columns that can arrive as Debezium's unchanged-TOAST placeholder
+    row_rules: tuple[Before, ...] = ()  # rules across columns of one row
 
     @cached_property
     def layout(self) -> TableLayout:
@@ -80,6 +120,13 @@ def _cols(*spec: tuple) -> tuple[Column, ...]:
     return tuple(Column(*s) for s in spec)
 
 
+# The rules of the source contract (ARCHITECTURE section 3). They become the Pandera models of every table that
+# holds these columns (`cardo_pipeline.quality.models`).
+COUNTRIES = OneOf(("IT", "ES", "DE", "FR", "NL", "PT"))
+NON_NEGATIVE = Range(low=0)
+POSITIVE = Range(low=0, low_inclusive=False)
+
+
 SOURCE_TABLES: tuple[SourceTable, ...] = (
     SourceTable(
         name="borrowers",
@@ -87,16 +134,18 @@ SOURCE_TABLES: tuple[SourceTable, ...] = (
         description="Borrowers (individuals and SMEs) with income, employment and address.",
         columns=_cols(
             ("borrower_id", "bigint"),
-            ("borrower_type", "text"),
+            ("borrower_type", "text", False, (OneOf(("individual", "sme")),)),
             ("full_name", "text"),
             ("birth_date", "date", True),
-            ("annual_income", "numeric(14,2)"),
-            ("employment_status", "text"),
+            ("annual_income", "numeric(14,2)", False, (NON_NEGATIVE,)),
+            ("employment_status", "text", False, (OneOf(
+                ("employed", "self_employed", "unemployed", "retired", "startup", "trading")),)),
             ("postcode", "text"),
-            ("country_code", "char(2)"),
+            ("country_code", "char(2)", False, (COUNTRIES,)),
             ("created_at", "timestamptz"),
             ("updated_at", "timestamptz"),
         ),
+        row_rules=(Before("created_at", "updated_at", strict=False),),
     ),
     SourceTable(
         name="loans",
@@ -106,19 +155,20 @@ SOURCE_TABLES: tuple[SourceTable, ...] = (
         columns=_cols(
             ("loan_id", "bigint"),
             ("borrower_id", "bigint"),
-            ("product", "text"),
-            ("currency", "char(3)"),
-            ("principal", "numeric(14,2)"),
-            ("interest_rate", "numeric(7,5)"),
-            ("term_months", "integer"),
+            ("product", "text", False, (OneOf(("mortgage", "consumer", "auto", "sme")),)),
+            ("currency", "char(3)", False, (OneOf(("EUR",)),)),
+            ("principal", "numeric(14,2)", False, (POSITIVE,)),
+            ("interest_rate", "numeric(7,5)", False, (Range(low=0, high=1, high_inclusive=False),)),
+            ("term_months", "integer", False, (POSITIVE,)),
             ("origination_date", "date"),
             ("maturity_date", "date"),
-            ("outstanding_principal", "numeric(14,2)"),
-            ("status", "text"),
-            ("days_past_due", "integer"),
+            ("outstanding_principal", "numeric(14,2)", False, (NON_NEGATIVE,)),
+            ("status", "text", False, (OneOf(("active", "repaid", "defaulted", "written_off")),)),
+            ("days_past_due", "integer", False, (NON_NEGATIVE,)),
             ("servicer_notes", "text", True),
             ("updated_at", "timestamptz"),
         ),
+        row_rules=(Before("origination_date", "maturity_date"),),
     ),
     SourceTable(
         name="collaterals",
@@ -127,11 +177,11 @@ SOURCE_TABLES: tuple[SourceTable, ...] = (
         columns=_cols(
             ("collateral_id", "bigint"),
             ("loan_id", "bigint"),
-            ("collateral_type", "text"),
-            ("appraised_value", "numeric(14,2)"),
+            ("collateral_type", "text", False, (OneOf(("residential", "commercial", "vehicle", "equipment")),)),
+            ("appraised_value", "numeric(14,2)", False, (POSITIVE,)),
             ("appraisal_date", "date"),
             ("postcode", "text"),
-            ("country_code", "char(2)"),
+            ("country_code", "char(2)", False, (COUNTRIES,)),
             ("updated_at", "timestamptz"),
         ),
     ),
@@ -143,10 +193,10 @@ SOURCE_TABLES: tuple[SourceTable, ...] = (
             ("payment_id", "bigint"),
             ("loan_id", "bigint"),
             ("due_date", "date"),
-            ("amount_due", "numeric(14,2)"),
+            ("amount_due", "numeric(14,2)", False, (NON_NEGATIVE,)),
             ("paid_date", "date", True),
-            ("amount_paid", "numeric(14,2)"),
-            ("status", "text"),
+            ("amount_paid", "numeric(14,2)", False, (NON_NEGATIVE,)),
+            ("status", "text", False, (OneOf(("scheduled", "paid", "late", "missed")),)),
             ("updated_at", "timestamptz"),
         ),
     ),

@@ -76,10 +76,19 @@ class IcebergResource(dg.ConfigurableResource):
         return f"{self.namespace}.{table}"
 
 
+class QualityResource(dg.ConfigurableResource):
+    """Thresholds of the quality checks that are a matter of taste, not of contract."""
+
+    kafka_lag_warn_messages: int = 10_000  # the lag check warns above this many messages waiting in Kafka
+    reconcile_wait_seconds: float = 30.0  # how long reconciliation waits for Debezium's slot to catch up
+    # Skip reconciliation with the source (a replayed lake, an environment where the source is out of reach).
+    reconcile_with_source: bool = True
+
+
 def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
         return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
-                "iceberg": IcebergResource()}
+                "iceberg": IcebergResource(), "quality": QualityResource()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
@@ -87,6 +96,7 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
             "lake": LakeResource(root=dg.EnvVar("CARDO_LAKE_ROOT")),
             "iceberg": IcebergResource(catalog_type="rest", catalog_uri=dg.EnvVar("CARDO_ICEBERG_CATALOG_URI"),
                                        warehouse=dg.EnvVar("CARDO_ICEBERG_WAREHOUSE")),
+            "quality": QualityResource(),
         }
     raise ValueError(f"CARDO_ENV must be 'local' or 'k8s', got {environment!r}")
 

@@ -102,3 +102,23 @@ def dead_letters_by_topic(dead_letter_uri: str) -> dict[str, int]:
     if topics is None:
         return {}
     return {t["values"]: t["counts"] for t in topics["topic"].value_counts().to_pylist()}
+
+
+def kafka_lag(raw_uri: str, topic: str, end_offsets: dict[int, int]) -> dict[int, int]:
+    """Messages per partition that Kafka holds and raw has not committed yet (end offset - committed offset)."""
+    committed = OffsetTrackedTable(raw_uri).next_offsets(topic, sorted(end_offsets))
+    return {p: max(0, end - committed[p]) for p, end in sorted(end_offsets.items())}
+
+
+def dead_letters_between(dead_letter_uri: str, topic: str, ranges: dict[int, tuple[int, int]]) -> pa.Table:
+    """The dead letters of `topic` whose offsets fall in [start, end) of their partition's range."""
+    dead = read_columns(dead_letter_uri, ["partition", "offset", "error"], topic=topic)
+    if dead is None or not ranges:
+        return pa.table({"partition": pa.array([], pa.int32()), "offset": pa.array([], pa.int64()),
+                         "error": pa.array([], pa.string())})
+    mask = None
+    for partition, (start, end) in ranges.items():
+        inside = pc.and_(pc.equal(dead["partition"], partition),
+                         pc.and_(pc.greater_equal(dead["offset"], start), pc.less(dead["offset"], end)))
+        mask = inside if mask is None else pc.or_(mask, inside)
+    return dead.filter(mask).sort_by([("partition", "ascending"), ("offset", "ascending")])

@@ -305,14 +305,16 @@ def replace_all(table: Table, pieces: Iterable[pa.Table], properties: Mapping[st
                      data_files_written=len(written))
 
 
-def live_pieces(table: Table, rows_per_piece: int) -> Iterator[pa.Table]:
-    """The table's live rows (position deletes applied) in pieces of about `rows_per_piece` rows.
+def live_pieces(table: Table, rows_per_piece: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The table's live rows (position deletes applied) in pieces of about `rows_per_piece` rows, `columns` only
+    when given.
 
     One data file is read at a time: `scan().to_arrow_batch_reader()` reads every file at once, into memory."""
     snapshot = table.current_snapshot()
     if snapshot is None:
         return
-    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+    schema = table.schema() if columns is None else table.schema().select(*columns)
+    scan = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
     buffer: list[pa.RecordBatch] = []
     buffered = 0
     for task in table.scan(snapshot_id=snapshot.snapshot_id).plan_files():

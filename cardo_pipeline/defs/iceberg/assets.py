@@ -13,7 +13,9 @@ from cardo_pipeline.curate.storage import current_schema
 from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.groups import ICEBERG
 from cardo_pipeline.defs.keys import curated_key, iceberg_key
+from cardo_pipeline.defs.quality.pandera_checks import pandera_asset_check
 from cardo_pipeline.defs.resources import IcebergResource, LakeResource
+from cardo_pipeline.mirror.models import mirror_model
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
 if TYPE_CHECKING:
@@ -78,7 +80,18 @@ def build_iceberg_asset(table: SourceTable) -> dg.AssetsDefinition:
             "differing": result.differing, "failure_samples": dg.MetadataValue.json(result.samples),
         })
 
-    return dg.Definitions(assets=[iceberg_table], asset_checks=[matches_delta])
+    def mirror_table(context: dg.AssetCheckExecutionContext):
+        from cardo_pipeline.mirror.models import IcebergTableSource
+
+        iceberg = context.resources.iceberg
+        catalog = iceberg.catalog()
+        if not catalog.table_exists(iceberg.identifier(table.name)):
+            return None
+        return IcebergTableSource(catalog.load_table(iceberg.identifier(table.name)))
+
+    schema_check = pandera_asset_check(iceberg_key(table), mirror_model(table), mirror_table, name="pandera_schema",
+                                       required_resource_keys={"iceberg"})
+    return dg.Definitions(assets=[iceberg_table], asset_checks=[matches_delta, schema_check])
 
 
 ICEBERG_DEFS = dg.Definitions.merge(*(build_iceberg_asset(t) for t in SOURCE_TABLES))
