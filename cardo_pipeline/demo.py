@@ -70,14 +70,16 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 class _RunLog:
-    """What the demo's Dagster runs did, gathered across runs for the summary."""
+    """What the demo's Dagster runs did, gathered across runs for the summary. A check planned in a run that gave
+    no result was skipped (reconciliation does that when the source cannot be compared); a later result wins."""
 
-    def __init__(self) -> None:
+    def __init__(self, severities: dict[str, str]) -> None:
+        self.severities = severities  # "asset:check" -> ERROR | WARN, from the definitions
         self.run_ids: list[str] = []
         self.materialized: set[str] = set()
         self.observed: set[str] = set()
         self.failed_steps: set[str] = set()
-        self.checks: dict[str, bool] = {}
+        self.checks: dict[str, dict] = {}
         self.success = True
 
     def add(self, result) -> None:
@@ -86,10 +88,21 @@ class _RunLog:
         self.materialized |= {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
         self.observed |= {e.asset_key.to_user_string() for e in result.get_asset_observation_events()}
         self.failed_steps |= {e.step_key for e in result.all_events if e.is_step_failure}
+        planned = set()
         for event in result.all_events:
-            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            if event.event_type_value == "ASSET_CHECK_EVALUATION_PLANNED":
+                data = event.event_specific_data
+                planned.add((data.asset_key.to_user_string(), data.check_name))
+            elif event.event_type_value == "ASSET_CHECK_EVALUATION":
                 check = event.event_specific_data
-                self.checks[f"{check.asset_key.to_user_string()}:{check.check_name}"] = check.passed
+                asset, name = check.asset_key.to_user_string(), check.check_name
+                planned.discard((asset, name))
+                self.checks[f"{asset}:{name}"] = {"asset": asset, "check": name, "severity": check.severity.value,
+                                                 "result": "passed" if check.passed else "failed"}
+        for asset, name in planned:
+            self.checks[f"{asset}:{name}"] = {"asset": asset, "check": name,
+                                             "severity": self.severities.get(f"{asset}:{name}", "ERROR"),
+                                             "result": "skipped"}
 
     def as_dict(self) -> dict:
         return {
@@ -98,8 +111,10 @@ class _RunLog:
             "assets_materialized": sorted(self.materialized),
             "assets_observed": sorted(self.observed),
             "assets_failed": sorted(self.failed_steps),
-            "asset_checks_passed": sorted(k for k, ok in self.checks.items() if ok),
-            "asset_checks_failed": sorted(k for k, ok in self.checks.items() if not ok),
+            "asset_checks": [self.checks[k] for k in sorted(self.checks)],
+            "asset_checks_passed": sorted(k for k, c in self.checks.items() if c["result"] == "passed"),
+            "asset_checks_failed": sorted(k for k, c in self.checks.items() if c["result"] == "failed"),
+            "asset_checks_skipped": sorted(k for k, c in self.checks.items() if c["result"] == "skipped"),
         }
 
 
@@ -110,6 +125,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
 
     from cardo_pipeline.definitions import defs
     from cardo_pipeline.defs.groups import RAW, SOURCES
+    from cardo_pipeline.defs.quality.monitoring import MONITORING_JOB
     from cardo_pipeline.defs.raw.sensor import SENSOR_NAME
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
@@ -118,7 +134,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
     definitions = defs()
     job = definitions.resolve_implicit_global_asset_job_def()
     graph = definitions.resolve_asset_graph()
-    runs = _RunLog()
+    runs = _RunLog(check_severities(graph))
     with dg.DagsterInstance.get() as instance:
         sources = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == SOURCES]
         runs.add(job.execute_in_process(asset_selection=sources, instance=instance, run_config=QUIET,
@@ -139,7 +155,22 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
         if rest:
             runs.add(job.execute_in_process(asset_selection=rest, instance=instance, run_config=QUIET,
                                             raise_on_error=False))
+        # What the monitoring schedule evaluates between runs: Kafka lag, the dead-letter table's model.
+        runs.add(definitions.resolve_job_def(MONITORING_JOB).execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False))
     return runs.as_dict()
+
+
+def check_severities(graph) -> dict[str, str]:
+    """The severity a check reports with: said in its metadata (the Pandera checks), else ERROR for a blocking
+    check and WARN for the others (what Dagster's freshness checks and ours report)."""
+    severities = {}
+    for key in graph.asset_check_keys:
+        spec = graph.get_check_spec(key)
+        stated = (spec.metadata or {}).get("severity")
+        stated = getattr(stated, "value", stated)
+        severities[f"{key.asset_key.to_user_string()}:{key.name}"] = stated or ("ERROR" if spec.blocking else "WARN")
+    return severities
 
 
 def raw_figures(settings: CardoSettings) -> dict:
@@ -250,6 +281,13 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
     return DemoResult(summary=summary, path=path)
 
 
+def checks_by_severity(checks: list[dict]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for check in checks:
+        counts.setdefault(check["severity"], {"passed": 0, "failed": 0, "skipped": 0})[check["result"]] += 1
+    return dict(sorted(counts.items()))
+
+
 def human_summary(result: DemoResult) -> str:
     s = result.summary
     rows = ", ".join(f"{k} {v:,}" for k, v in s["source_rows"].items())
@@ -263,7 +301,9 @@ def human_summary(result: DemoResult) -> str:
         + f" ({s['dead_lettered']} dead-lettered)",
         f"  assets         : {len(s['assets_materialized'])} materialized, {len(s['assets_observed'])} observed, "
         f"{len(s['assets_failed'])} failed",
-        f"  asset checks   : {len(s['asset_checks_passed'])} passed, {len(s['asset_checks_failed'])} failed",
+        "  asset checks   : " + "; ".join(
+            f"{severity} {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+            for severity, counts in checks_by_severity(s["asset_checks"]).items()),
         "  curated rows   : " + ", ".join(f"{k} {v:,}" for k, v in s.get("curated_rows", {}).items())
         + " (Iceberg: " + ", ".join(f"{k} {v:,}" for k, v in s.get("iceberg_rows", {}).items()) + ")",
         f"  reconciliation : {sum(r['passed'] for r in s['reconciliation'].values())} of "
