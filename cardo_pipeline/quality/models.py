@@ -53,8 +53,12 @@ def key_of(schema: pa.DataFrameSchema) -> list[str]:
 
 
 def polars_dtypes(schema: pa_arrow.Schema) -> dict[str, pl.DataType]:
-    """The dtypes polars reads a table of this Arrow layout as (text stored as string views reads as String)."""
-    return dict(pl.from_arrow(schema.empty_table()).schema)
+    """The dtypes polars reads a lake table of this Arrow layout as: text stored as string views reads as String,
+    and timestamps as microseconds (the only unit Delta and Iceberg store; Kafka's millisecond times widen)."""
+    def stored(dtype: pl.DataType) -> pl.DataType:
+        return pl.Datetime("us", dtype.time_zone) if isinstance(dtype, pl.Datetime) else dtype
+
+    return {name: stored(dtype) for name, dtype in pl.from_arrow(schema.empty_table()).schema.items()}
 
 
 def rule_checks(column: Column) -> list[pa.Check]:
