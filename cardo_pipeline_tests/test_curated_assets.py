@@ -16,7 +16,13 @@ from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
-from cardo_pipeline.defs.resources import IcebergResource, KafkaResource, LakeResource
+from cardo_pipeline.defs.resources import (
+    IcebergResource,
+    KafkaResource,
+    LakeResource,
+    QualityResource,
+    ServicingDatabase,
+)
 from cardo_pipeline.tables import SOURCE_TABLES
 from cardo_pipeline_tests.raw_helpers import fresh_prefix, produce_book, read_table
 
@@ -37,7 +43,9 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
     definitions = dg.Definitions.merge(ICEBERG_DEFS, dg.Definitions(
         assets=[*RAW_ASSETS, DEAD_LETTER_SPEC, *CURATED_ASSETS], asset_checks=CURATED_CHECKS,
         resources={"kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
-                   "lake": LakeResource(root=str(tmp_path)), "iceberg": iceberg},
+                   "lake": LakeResource(root=str(tmp_path)), "iceberg": iceberg,
+                   # these topics have no source database: reconciliation is switched off (and so skipped)
+                   "servicing_db": ServicingDatabase(), "quality": QualityResource(reconcile_with_source=False)},
     ))
     job = definitions.resolve_implicit_global_asset_job_def()
     selection = ([a.key for a in RAW_ASSETS] + [k for a in CURATED_ASSETS for k in a.keys]
@@ -45,8 +53,12 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
     first = job.execute_in_process(asset_selection=selection)
     assert first.success
     checks = {(c.asset_key.to_user_string(), c.check_name): c.passed for c in first.get_asset_check_evaluations()}
-    assert checks == {**{(f"curated/{t.name}", "current_agrees_with_history"): True for t in SOURCE_TABLES},
-                      **{(f"iceberg/{t.name}", "matches_delta"): True for t in SOURCE_TABLES}}
+    expected = {*((f"curated/{t.name}", "current_agrees_with_history") for t in SOURCE_TABLES),
+                *((f"iceberg/{t.name}", "matches_delta") for t in SOURCE_TABLES),
+                *((f"{layer}/{t.name}", "pandera_schema") for t in SOURCE_TABLES for layer in ("curated", "iceberg")),
+                *((f"curated/{t.name}_history", name) for t in SOURCE_TABLES
+                  for name in ("pandera_schema", "pandera_source_rules"))}
+    assert set(checks) == expected and all(checks.values()), {k: v for k, v in checks.items() if not v}
 
     for table in SOURCE_TABLES:
         names = [c.name for c in table.columns]
