@@ -123,6 +123,11 @@ def _bench(args: argparse.Namespace) -> int:
         from cardo_pipeline.bench.apply import bench_apply
 
         result = bench_apply(args.rows, args.changes, seed=args.seed, log=(lambda _: None) if args.json else print)
+    elif args.workload == "checks":
+        from cardo_pipeline.bench.checks import bench_checks
+
+        result = bench_checks(args.rows, args.changes, seed=args.seed, chunk_rows=args.chunk_rows,
+                              log=(lambda _: None) if args.json else print)
     elif args.workload == "freshness":
         from cardo_pipeline.bench.freshness import FreshnessError, bench_freshness
 
@@ -179,9 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
-    bench.add_argument("workload", choices=["ingest", "decode", "apply", "freshness"])
-    bench.add_argument("--rows", type=int, default=10_000_000, help="apply: loans in the curated table")
-    bench.add_argument("--changes", type=int, default=200_000, help="apply: change events applied")
+    bench.add_argument("workload", choices=["ingest", "decode", "apply", "freshness", "checks"])
+    bench.add_argument("--rows", type=int, default=10_000_000, help="apply, checks: loans in the curated table")
+    bench.add_argument("--changes", type=int, default=200_000, help="apply, checks: change events applied")
+    bench.add_argument("--chunk-rows", type=int, default=200_000, help="checks: rows validated at a time")
     bench.add_argument("--events", type=int, default=1_000_000)
     bench.add_argument("--changes-committed", type=int, default=20,
                        help="freshness: single changes committed in Postgres, one after the other")

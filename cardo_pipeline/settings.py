@@ -51,7 +51,8 @@ def ensure_dagster_home(dagster_home: Path) -> None:
     """The instance directory, with a dagster.yaml that turns telemetry off (Dagster's defaults otherwise)."""
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        # No telemetry, and no newsletter dialog over the UI of a local tool.
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cardo_pipeline.definitions import defs
+from cardo_pipeline.settings import ensure_dagster_home
 
 pytestmark = pytest.mark.browser
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def _free_port() -> int:
 def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
     port = _free_port()
     env = {**test_env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    Path(env["DAGSTER_HOME"]).mkdir()
+    ensure_dagster_home(Path(env["DAGSTER_HOME"]))
     log = open(tmp_path / "dagster-dev.log", "wb")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
         [
@@ -115,5 +116,56 @@ def test_asset_graph_pages_list_the_projects_assets(dagster_dev: str, tmp_path: 
 
     screenshot = tmp_path / "raw-asset-graph.png"
     _chromium(tmp_path, f"--screenshot={screenshot}", f"{dagster_dev}/locations/cardo_pipeline/asset-groups/raw")
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+
+
+def test_a_failing_pandera_check_shows_its_failures_in_the_ui(dagster_dev: str, tmp_path: Path) -> None:
+    """A curated table with a bad row: its blocking Pandera check fails, and the check's page shows the model, the
+    failure counts and the failing rows as a table."""
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    import dagster as dg
+    import polars as pl
+
+    from cardo_pipeline.curate.models import current_model
+    from cardo_pipeline.curate.storage import current_schema
+    from cardo_pipeline.defs.keys import curated_key
+    from cardo_pipeline.quality.models import polars_dtypes
+    from cardo_pipeline.tables import TABLES_BY_NAME
+    from cardo_pipeline_tests.test_quality_checks import definitions
+
+    loans = TABLES_BY_NAME["loans"]
+    row = {"loan_id": 4242, "borrower_id": 1, "product": "mortgage", "currency": "EUR",
+           "principal": Decimal("250000.00"), "interest_rate": Decimal("-0.02000"), "term_months": 300,
+           "origination_date": date(2021, 3, 1), "maturity_date": date(2046, 3, 1),
+           "outstanding_principal": Decimal("240000.00"), "status": "active", "days_past_due": 0,
+           "servicer_notes": None, "updated_at": datetime(2026, 1, 5, tzinfo=UTC), "_cardo_lsn": 1,
+           "_cardo_offset": 0, "_cardo_source_ts": datetime(2026, 1, 5, tzinfo=UTC)}
+    good = [row | {"loan_id": i, "interest_rate": Decimal("0.03100")} for i in range(1, 6)]
+    lake = tmp_path / "lake"
+    pl.DataFrame([*good, row], schema=polars_dtypes(current_schema(loans)), orient="row").write_delta(
+        str(lake / "curated" / "loans"))
+
+    check = dg.AssetCheckKey(curated_key(loans), "pandera_schema")
+    code_location = definitions(tmp_path, "127.0.0.1:9", "servicing", "host=127.0.0.1 port=9")
+    job = dg.define_asset_job("check_curated_loans", selection=dg.AssetSelection.checks(check))
+    with_job = dg.Definitions(assets=code_location.assets, asset_checks=code_location.asset_checks, jobs=[job],
+                              resources=code_location.resources, executor=code_location.executor)
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        result = with_job.resolve_job_def("check_curated_loans").execute_in_process(instance=instance,
+                                                                                   raise_on_error=False)
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["failure_count"].value == 1
+
+    page = f"{dagster_dev}/assets/curated/loans?view=checks&checkDetail=pandera_schema"
+    dom = _chromium(tmp_path, "--dump-dom", page).stdout
+    screenshot = tmp_path / "failing-pandera-check.png"
+    _chromium(tmp_path, f"--screenshot={screenshot}", page)
+    (tmp_path / "page.html").write_text(dom)
+    for shown in ("pandera_schema", current_model(loans).name, "failing_rows_sample", "loan_id=4242",
+                  "interest_rate fails in_range(0, 1): -0.02000"):
+        assert shown in dom, f"{shown!r} is not on the check's page"
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")

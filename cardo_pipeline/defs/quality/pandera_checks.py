@@ -51,10 +51,22 @@ def report_metadata(report: ValidationReport) -> dict[str, object]:
         "failing_rows": report.failing_rows,
         "failures_by_column": dg.MetadataValue.json(dict(report.by_column.most_common())),
         "failures_by_rule": dg.MetadataValue.json(dict(report.by_rule.most_common())),
+        "first_failures": dg.MetadataValue.text(at_a_glance(report.samples) or "none"),
         "failing_rows_sample": dg.MetadataValue.md(markdown_table(report.samples) if report.samples
                                                    else "No failing rows."),
         "seconds": report.seconds,
     }
+
+
+def at_a_glance(samples: list[dict], count: int = 3) -> str:
+    """The first failures in a line each, shown inline in the UI (the Markdown table is one click away)."""
+    fixed = {"row", "column", "rule", "value"}
+    lines = []
+    for sample in samples[:count]:
+        key = ", ".join(f"{k}={v}" for k, v in sample.items() if k not in fixed)
+        where = f"row {sample['row']}" + (f" ({key})" if key else "") if sample.get("row") is not None else "layout"
+        lines.append(f"{where}: {sample['column']} fails {sample['rule']}: {sample['value']}")
+    return "; ".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
