@@ -181,3 +181,46 @@ def test_a_negative_rate_set_in_postgres_fails_the_curated_check_and_reconciliat
     assert iceberg_key(LOANS) not in {e.asset_key for e in result.get_asset_materialization_events()}
     with psycopg.connect(servicing_dsn, autocommit=True) as conn:  # leave the shared database within contract
         conn.execute("DELETE FROM public.loans WHERE loan_id = %s", [loan_id])
+
+
+def test_a_lake_that_differs_from_postgres_fails_reconciliation_and_stops_the_mirror(
+        kafka_bootstrap: str, servicing_dsn: str, tmp_path: Path) -> None:
+    """Loans that Postgres never held, produced to a topic that lands in raw/loans: every caught-up condition holds
+    (Debezium's slot, raw against Kafka, curated against raw), so the check compares, and fails."""
+    prefix = fresh_prefix("reconcile")
+    encoder = EnvelopeEncoder(prefix, tables=[LOANS], start_lsn=4096)  # older than anything the source wrote
+    txn = Transaction(tuple(RowChange("loans", "c", loan_row(i)) for i in (981_001, 981_002)),
+                      datetime(2024, 5, 1, tzinfo=UTC))
+    produce_raw(kafka_bootstrap, LOANS.topic(prefix),
+                [m.value for m in encoder.encode_transaction(txn) if m.value is not None])
+    defs_ = definitions(tmp_path, kafka_bootstrap, prefix, servicing_dsn)
+    with psycopg.connect(servicing_dsn) as conn:
+        source_rows = conn.execute("SELECT count(*) FROM public.loans").fetchone()[0]
+    with dg.instance_for_test() as instance:
+        result = run_loans(defs_, instance)
+    reconciled = checks_of(result)[("curated/loans", RECONCILE_CHECK)]
+    assert not reconciled.passed and reconciled.severity == dg.AssetCheckSeverity.ERROR
+    metadata = meta(reconciled)
+    assert (metadata["lake_rows"], metadata["source_rows"]) == (2, source_rows)
+    assert "row counts differ" in metadata["reason"] and metadata["source_checksum"] != metadata["lake_checksum"]
+    assert iceberg_key(LOANS) not in {e.asset_key for e in result.get_asset_materialization_events()}
+
+
+def test_a_curated_table_not_updated_within_its_bound_fails_its_freshness_check(
+        kafka_bootstrap: str, servicing_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = fresh_prefix("fresh")
+    produce_raw(kafka_bootstrap, LOANS.topic(prefix), encode_changes(LOANS, prefix, [loan_row(1)]))
+    monkeypatch.setenv("CARDO_FRESHNESS_HOURS", str(2 / 3600))  # two seconds
+    defs_ = definitions(tmp_path, kafka_bootstrap, prefix, servicing_dsn, reconcile_with_source=False)
+    with dg.instance_for_test() as instance:
+        fresh = checks_of(run_loans(defs_, instance))[("curated/loans", "freshness_check")]
+        assert fresh.passed and fresh.severity == dg.AssetCheckSeverity.WARN
+        time.sleep(3)
+        job = dg.define_asset_job("freshness", selection=dg.AssetSelection.checks(
+            dg.AssetCheckKey(curated_key(LOANS), "freshness_check")))
+        stale_run = dg.Definitions(assets=defs_.assets, asset_checks=defs_.asset_checks, jobs=[job],
+                                   resources=defs_.resources, executor=defs_.executor
+                                   ).resolve_job_def("freshness").execute_in_process(instance=instance)
+    stale = checks_of(stale_run)[("curated/loans", "freshness_check")]
+    assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
+    assert "dagster/last_updated_timestamp" in stale.metadata
