@@ -25,6 +25,7 @@ from deltalake import write_deltalake
 from cardo_pipeline.cdc.arrow_types import arrow_type_for_column
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
 from cardo_pipeline.curate.storage import CuratedLocations, CuratedStore
+from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.quality.reconcile import (
     FAILED,
     PASSED,
@@ -332,11 +333,26 @@ def _wait_captured(conn: psycopg.Connection, slot: str = "cardo_servicing", time
         time.sleep(0.1)
 
 
+def _messages_in(bootstrap: str, topic: str) -> int:
+    try:
+        return sum(end_offsets(bootstrap, [topic]).get(topic, {}).values())
+    except Exception:  # the topic is not there yet
+        return 0
+
+
 def _produce(bootstrap: str, topic: str, messages) -> None:
+    """Produce, then wait until the end offsets show every message: a topic created by the first produce can
+    report no partitions to the next reader for a moment, which then lands nothing (seen in CI)."""
+    messages = list(messages)
+    expected = _messages_in(bootstrap, topic) + len(messages)
     producer = Producer({"bootstrap.servers": bootstrap})
     for message in messages:
         producer.produce(topic, key=message.key, value=message.value)
     assert producer.flush(30) == 0
+    deadline = time.monotonic() + 30
+    while _messages_in(bootstrap, topic) < expected:
+        assert time.monotonic() < deadline, f"{topic} does not show the {len(messages)} messages produced"
+        time.sleep(0.2)
 
 
 @pytest.mark.stack
@@ -350,8 +366,8 @@ def test_reconcile_through_debezium_kafka_raw_and_curated(servicing_dsn: str, ka
                      "topic": topic, "bootstrap": kafka_bootstrap, "wait_s": 20.0} | overrides
         return reconcile_with_source(table, **arguments)
 
-    def land(from_topic: str = topic) -> None:
-        ingest_into(kafka_bootstrap, lake, table.name, from_topic)
+    def land(from_topic: str = topic) -> int:
+        return ingest_into(kafka_bootstrap, lake, table.name, from_topic).landed
 
     def apply() -> None:
         CuratedStore(table, locations).apply()
@@ -404,7 +420,7 @@ def test_reconcile_through_debezium_kafka_raw_and_curated(servicing_dsn: str, ka
             ghost = collateral(982999)
             _produce(kafka_bootstrap, side, encoder.encode_transaction(
                 Transaction((RowChange(table.name, "c", ghost),), datetime(2024, 5, 1, tzinfo=UTC))))
-            land(side)
+            assert land(side) == 1
             apply()
             result = reconcile()
             assert result.status == FAILED, result
