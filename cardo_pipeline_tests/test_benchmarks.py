@@ -66,3 +66,18 @@ def test_bench_freshness_sees_a_change_once_applied_and_not_the_row_it_replaced(
         store.apply()
         assert freshness._visible(locations.current, 5, f"cardo freshness test {n}")
     assert not freshness._visible(locations.current, 5, "cardo freshness test 1")  # marked deleted, not read
+
+
+@pytest.mark.slow
+def test_bench_checks_stay_within_the_stated_memory_bound():
+    """The bound stated in ARCHITECTURE section 11 for the checking process beyond its imports: 1 GB plus 60 bytes
+    a row (the narrow key columns checked across rows). Reading the 1.2M-row loans table whole, notes included,
+    would take more than that."""
+    from cardo_pipeline.bench.checks import bench_checks
+
+    result = bench_checks(rows=1_200_000, changes=40_000, log=lambda _: None)
+    assert result["passed"] and set(result["models"]) == {
+        "CuratedLoans", "CuratedLoansHistory", "CuratedLoansHistoryValues"}
+    assert result["models"]["CuratedLoans"]["rows_checked"] >= result["rows"]
+    own = result["peak_rss_mb"] - result["baseline_rss_mb"]
+    assert own < 1000 + 60 * result["rows"] / 2**20, result

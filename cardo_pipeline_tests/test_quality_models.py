@@ -150,3 +150,35 @@ def test_every_table_of_the_graph_has_a_model_with_its_severity() -> None:
     assert len(set(names)) == len(names) == 1 + 6 * len(SOURCE_TABLES)
     assert {severity_of(m) for m in models} == {Severity.ERROR, Severity.WARN}
     assert all(m.description for m in models)
+
+
+class RecordingSource(LazySource):
+    """A table that records what the validator asks of it."""
+
+    def __init__(self, frame: pl.LazyFrame):
+        super().__init__(frame)
+        self.chunks: list[tuple[int, tuple[str, ...]]] = []
+        self.whole: list[tuple[str, ...]] = []
+
+    def batches(self, columns, chunk_rows):
+        for chunk in super().batches(columns, chunk_rows):
+            self.chunks.append((chunk.height, tuple(chunk.columns)))
+            yield chunk
+
+    def columns(self, columns):
+        self.whole.append(tuple(columns))
+        return super().columns(columns)
+
+
+def test_memory_is_bounded_by_the_chunk_and_the_narrow_columns_checked_across_rows() -> None:
+    frame = current_loans(*(loan(i, servicer_notes="n" * 3000) for i in range(100)))
+    source = RecordingSource(frame.lazy())
+    assert validate(current_model(LOANS), source, chunk_rows=16).passed
+    assert source.chunks and max(height for height, _ in source.chunks) <= 16
+    assert all("servicer_notes" not in columns for _, columns in source.chunks)  # no check reads the notes
+    assert source.whole == [("loan_id",)]  # the key, for uniqueness: the only column read whole
+
+    history = RecordingSource(history_loans(*(version(i, 10, None) for i in range(40))).lazy())
+    assert validate(history_model(LOANS), history, chunk_rows=16).passed
+    assert max(height for height, _ in history.chunks) <= 16
+    assert history.whole == [("loan_id", "valid_from_lsn", "valid_from_offset", "is_current")]

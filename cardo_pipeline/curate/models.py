@@ -24,7 +24,7 @@ from cardo_pipeline.quality.models import (
     polars_dtypes,
     registry_columns,
     row_check,
-    table_check,
+    unique_where,
 )
 from cardo_pipeline.tables import SourceTable
 
@@ -73,8 +73,7 @@ def history_model(table: SourceTable) -> pa.DataFrameSchema:
             row_check("is_current exactly when valid_to is open", is_current == to_lsn.is_null()),
             row_check("a version has every NOT NULL column",
                       is_deleted | pl.all_horizontal([pl.col(c).is_not_null() for c in required])),
-            table_check("one is_current row per key",
-                        ~(is_current & pl.struct([*key, "is_current"]).is_duplicated())),
+            unique_where("one is_current row per key", key, "is_current"),
         ],
         unique=[*key, *VALID_FROM],  # a version's identity
         severity=Severity.ERROR,

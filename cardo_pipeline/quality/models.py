@@ -23,6 +23,8 @@ from cardo_pipeline.tables import Before, Column, OneOf, Range, SourceTable
 
 SCOPE = "scope"  # a check's statistics entry: "row" (chunk by chunk) or "table" (across rows)
 COLUMNS = "columns"  # a frame check's statistics entry: the columns it reads
+UNIQUE_WHERE = "unique_where"  # a table check's statistics entry: (columns, flag column) of `unique_where`
+EXPRESSION = "expression"  # a frame check's statistics entry: its polars expression (True where a row is valid)
 
 
 class Severity(StrEnum):
@@ -106,13 +108,21 @@ def table_check(name: str, valid: pl.Expr, *, description: str = "") -> pa.Check
     return _frame_check(name, valid, "table", description)
 
 
+def unique_where(name: str, columns: Sequence[str], where: str, *, description: str = "") -> pa.Check:
+    """`columns` unique among the rows where the boolean column `where` holds (one current row per key)."""
+    flag = pl.col(where)
+    check = table_check(name, ~(flag & pl.struct([*columns, where]).is_duplicated()), description=description)
+    check.statistics[UNIQUE_WHERE] = (list(columns), where)  # the validator finds these by sorting, not hashing
+    return check
+
+
 def _frame_check(name: str, valid: pl.Expr, scope: str, description: str) -> pa.Check:
     def check(data) -> pl.LazyFrame:
         return data.lazyframe.select(valid.alias(name))
 
     # Pandera keeps `statistics` on the check without passing them to it: the validator reads them.
     return pa.Check(check, name=name, description=description or name,
-                    statistics={SCOPE: scope, COLUMNS: sorted(set(valid.meta.root_names()))})
+                    statistics={SCOPE: scope, COLUMNS: sorted(set(valid.meta.root_names())), EXPRESSION: valid})
 
 
 def before_check(rule: Before) -> pa.Check:
