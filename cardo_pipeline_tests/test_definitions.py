@@ -92,3 +92,15 @@ def test_command_line_tools_accept_the_definitions(command: list[str], tmp_path:
         },
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_every_table_is_born_with_its_pandera_check(definitions: dg.Definitions) -> None:
+    """Every table of the graph (all but the observed topics) has a Pandera check, blocking where its model is ERROR."""
+    graph = definitions.resolve_asset_graph()
+    tables = {key for key in graph.get_all_asset_keys() if key.path[0] != "kafka"}
+    checks = {key.asset_key: graph.get_check_spec(key) for key in graph.asset_check_keys
+              if key.name == "pandera_schema"}
+    assert tables and tables <= set(checks), sorted(k.to_user_string() for k in tables - set(checks))
+    assert all(spec.blocking and spec.metadata["severity"] == "ERROR" for spec in checks.values())
+    warn = [graph.get_check_spec(k) for k in graph.asset_check_keys if k.name == "pandera_source_rules"]
+    assert len(warn) == 2 * len(SOURCE_TABLES) and not any(spec.blocking for spec in warn)

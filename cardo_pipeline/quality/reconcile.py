@@ -275,6 +275,10 @@ def reconcile_with_source(table: SourceTable, *, conninfo: str, curated_uri: str
         if slot[0] is None:
             return run.skip(f"replication slot {slot_name!r} has no restart LSN (invalidated?): Debezium cannot "
                             "stream from it")
+        # Raw already behind Kafka: no snapshot can match, so skip now rather than wait for the slot (under a steady
+        # stream of changes every run would otherwise wait wait_s for nothing). Checked again in the snapshot.
+        if (reason := run.raw_behind_kafka(bootstrap, topic, raw_uri)[1]) is not None:
+            return run.skip(reason)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             return run.in_snapshot(conn, parse_lsn(slot[0]), curated_uri=curated_uri, raw_uri=raw_uri, topic=topic,
@@ -291,6 +295,26 @@ class _Run:
     def skip(self, reason: str) -> Reconciliation:
         self.details["seconds"] = round(time.monotonic() - self.started, 3)
         return Reconciliation(self.table.name, SKIPPED, reason, details=self.details)
+
+    def raw_behind_kafka(self, bootstrap: str, topic: str, raw_uri: str) -> tuple[int | None, str | None]:
+        """(raw's version, why raw is not caught up with Kafka's end offsets of `topic`, or None when it is)."""
+        try:
+            kafka_ends = end_offsets(bootstrap, [topic])[topic]
+        except KafkaUnavailable as exc:
+            return None, str(exc)
+        raw = OffsetTrackedTable(raw_uri)  # its version is pinned from here on
+        raw_version = raw.version()
+        committed = raw.next_offsets(topic, sorted(kafka_ends))
+        self.details.update(kafka_end_offsets=kafka_ends, raw_offsets=committed, raw_version=raw_version)
+        behind = {p: end - committed[p] for p, end in kafka_ends.items() if end != committed[p]}
+        if any(gap < 0 for gap in behind.values()):
+            return raw_version, (f"raw's offsets {committed} are beyond Kafka's end offsets {kafka_ends} of "
+                                 f"{topic}: was the topic recreated?")
+        if behind:
+            parts = ", ".join(f"partition {p}: {n}" for p, n in sorted(behind.items()))
+            return raw_version, (f"raw is {sum(behind.values())} messages behind Kafka on {topic} ({parts}): "
+                                 "ingest first")
+        return raw_version, None
 
     def in_snapshot(self, conn: psycopg.Connection, restart_lsn: int, *, curated_uri: str, raw_uri: str, topic: str,
                     bootstrap: str, slot_name: str, wait_s: float, chunk_rows: int, schema: str) -> Reconciliation:
@@ -309,22 +333,9 @@ class _Run:
         if (reason := self._wait_for_slot(conn, snapshot, row[0], slot_name, wait_s)) is not None:
             return self.skip(reason)
 
-        try:
-            kafka_ends = end_offsets(bootstrap, [topic])[topic]
-        except KafkaUnavailable as exc:
-            return self.skip(str(exc))
-        raw = OffsetTrackedTable(raw_uri)  # its version is pinned from here on
-        raw_version = raw.version()
-        committed = raw.next_offsets(topic, sorted(kafka_ends))
-        details.update(kafka_end_offsets=kafka_ends, raw_offsets=committed, raw_version=raw_version)
-        behind = {p: end - committed[p] for p, end in kafka_ends.items() if end != committed[p]}
-        if any(gap < 0 for gap in behind.values()):
-            return self.skip(f"raw's offsets {committed} are beyond Kafka's end offsets {kafka_ends} of {topic}: "
-                             "was the topic recreated?")
-        if behind:
-            parts = ", ".join(f"partition {p}: {n}" for p, n in sorted(behind.items()))
-            return self.skip(f"raw is {sum(behind.values())} messages behind Kafka on {topic} ({parts}): "
-                             "ingest first")
+        raw_version, reason = self.raw_behind_kafka(bootstrap, topic, raw_uri)
+        if reason is not None:
+            return self.skip(reason)
 
         curated = load_table(curated_uri)
         curated_version = None if curated is None else curated.version()
