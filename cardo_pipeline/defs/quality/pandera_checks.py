@@ -19,13 +19,14 @@ SEVERITIES = {Severity.ERROR: dg.AssetCheckSeverity.ERROR, Severity.WARN: dg.Ass
 
 
 def pandera_asset_check(asset: dg.AssetKey, model: pa.DataFrameSchema, source: SourceFor, *, name: str,
-                        required_resource_keys: set[str], chunk_rows: int = DEFAULT_CHUNK_ROWS
-                        ) -> dg.AssetChecksDefinition:
+                        required_resource_keys: set[str], chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                        rows: str = "the whole table") -> dg.AssetChecksDefinition:
+    """`rows`: which rows `source` gives, in words, for the check's description."""
     severity = severity_of(model)
 
     @dg.asset_check(
         asset=asset, name=name, blocking=severity == Severity.ERROR, required_resource_keys=required_resource_keys,
-        description=f"Pandera model `{model.name}` ({severity}): {model.description}",
+        description=f"Pandera model `{model.name}` ({severity}) on {rows}: {model.description}",
         metadata={"pandera_model": model.name, "severity": str(severity)},
     )
     def pandera_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:

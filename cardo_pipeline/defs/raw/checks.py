@@ -24,6 +24,7 @@ from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, SourceTable
 KAFKA_LAG_CHECK = "kafka_lag"
 NEW_DEAD_LETTERS_CHECK = "no_new_dead_letters"
 SAMPLE_DEAD_LETTERS = 10
+LAST_RUN_ROWS = "the rows the last raw run landed (each batch of the append-only log is validated once)"
 
 
 def last_run_offsets(context: dg.AssetCheckExecutionContext, key: dg.AssetKey) -> dict[int, tuple[int, int]] | None:
@@ -132,9 +133,9 @@ def build_raw_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
 
     pandera = [
         pandera_asset_check(key, raw_model(table), landed_by_last_run, name="pandera_schema",
-                            required_resource_keys={"lake"}),
+                            required_resource_keys={"lake"}, rows=LAST_RUN_ROWS),
         pandera_asset_check(key, raw_images_model(table), landed_by_last_run, name="pandera_source_rules",
-                            required_resource_keys={"lake"}),
+                            required_resource_keys={"lake"}, rows=LAST_RUN_ROWS),
     ]
     return [offsets_exactly_once, no_incompatible_schema_change, kafka_lag_check, no_new_dead_letters, *pandera]
 
