@@ -4,18 +4,17 @@ and the Postgres sink's statements."""
 
 from __future__ import annotations
 
-import csv
 import random
 import re
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
 from typing import Any
 
 import pytest
 
-from cardo_pipeline.simulator import SimulationSummary, simulate
+from cardo_pipeline.geo.postcodes import tercet_rows
+from cardo_pipeline.simulator import SimulationSummary, geo, simulate
 from cardo_pipeline.simulator.book import add_months
 from cardo_pipeline.simulator.changes import (
     LONG_NOTE_MIN_BYTES,
@@ -239,8 +238,7 @@ def test_duplicates_are_deleted_days_later(book: tuple[ReplaySink, SimulationSum
 
 def test_borrowers_collaterals_and_notes_are_well_formed(book: tuple[ReplaySink, SimulationSummary]) -> None:
     sink, _ = book
-    text = resources.files("cardo_pipeline.simulator").joinpath("data/postcodes.csv").read_text("utf-8")
-    known = {(r["country_code"], r["postcode"]) for r in csv.DictReader(text.splitlines())}
+    known = {(c, p) for c, p, _ in tercet_rows(geo.COUNTRIES)}
     images = [c.row for t in sink.transactions for c in t.changes]
     for row in images:
         if "postcode" in row:
@@ -254,19 +252,26 @@ def test_borrowers_collaterals_and_notes_are_well_formed(book: tuple[ReplaySink,
     assert set(countries) == {"IT", "ES", "DE", "FR", "NL", "PT"}
 
 
-def test_postcodes_file_is_real_shaped() -> None:
-    text = resources.files("cardo_pipeline.simulator").joinpath("data/postcodes.csv").read_text("utf-8")
-    rows = list(csv.DictReader(text.splitlines()))
+def test_the_simulator_draws_real_postcodes_in_their_countrys_form_across_regions(
+        book: tuple[ReplaySink, SimulationSummary]) -> None:
     five_digits = r"\d{5}"
-    formats = {"IT": five_digits, "ES": five_digits, "DE": five_digits, "FR": five_digits, "NL": r"\d{4}"}
-    formats["PT"] = r"\d{4}-\d{3}"
-    assert len({(r["country_code"], r["postcode"]) for r in rows}) == len(rows)
-    for r in rows:
-        assert re.fullmatch(formats[r["country_code"]], r["postcode"]), r
-        assert re.fullmatch(r"[A-Z]{2}[0-9A-Z]{3}", r["nuts3"]) and r["nuts3"][:2] == r["country_code"], r
+    formats = {"IT": five_digits, "ES": five_digits, "DE": five_digits, "FR": five_digits, "NL": r"\d{4} [A-Z]{2}",
+               "PT": r"\d{4}-\d{3}"}
+    by_country = geo.postcodes_by_country()
+    for country, postcodes in by_country.items():
+        drawn = [postcodes[i] for i in range(0, len(postcodes), max(1, len(postcodes) // 500))]
+        assert all(re.fullmatch(formats[country], p.postcode) for p in drawn), country
+        assert all(p.nuts3[:2] == country and re.fullmatch(r"[A-Z]{2}[0-9A-Z]{3}", p.nuts3) for p in drawn)
+    sink, _ = book
+    regions = Counter((b["country_code"], nuts3_of(b)) for b in sink.tables["borrowers"].values())
     for country in formats:
-        nuts1 = {r["nuts3"][:3] for r in rows if r["country_code"] == country}
-        assert len(nuts1) >= 3, f"{country} postcodes cover only {nuts1}"
+        assert len({n[:3] for c, n in regions if c == country}) >= 2, f"{country}: borrowers in one NUTS1 only"
+
+
+def nuts3_of(borrower: dict) -> str:
+    found = geo.postcodes_by_country()[borrower["country_code"]].find(borrower["postcode"])
+    assert found is not None, borrower
+    return found.nuts3
 
 
 def test_note_bands() -> None:

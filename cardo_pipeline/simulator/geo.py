@@ -1,16 +1,20 @@
 """Country reference data for the simulator: real postcodes with their NUTS 2024 NUTS3 code, regional risk
 factors, and first/last names and company legal forms per country.
 
-The postcodes live in `data/postcodes.csv` (country_code, postcode, nuts3, place): city-centre postcodes of
-IT, ES, DE, FR, NL (4-digit PC4) and PT (NNNN-NNN), spread over the regions of each country.
+The postcodes are TERCET's (`cardo_pipeline.geo.postcodes`, the tables the reference assets load), in each
+country's own form (NL `1011 AB`, PT `1000-001`, five digits elsewhere). A borrower's country is drawn by
+COUNTRY_WEIGHTS, then a postcode of that country uniformly: regions weigh as many postcodes as they have, which
+follows where people live (postcodes are finer where addresses are denser).
 """
 
 from __future__ import annotations
 
-import csv
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+
+from cardo_pipeline.geo.postcodes import tercet_rows
 
 COUNTRIES: tuple[str, ...] = ("IT", "ES", "DE", "FR", "NL", "PT")
 # Share of borrowers per country (a southern-European-heavy book, like many ABF portfolios).
@@ -37,7 +41,6 @@ class Postcode:
     country_code: str
     postcode: str
     nuts3: str
-    place: str
 
     @property
     def nuts1(self) -> str:
@@ -48,19 +51,31 @@ def region_risk(nuts3: str) -> float:
     return COUNTRY_RISK[nuts3[:2]] + NUTS1_RISK.get(nuts3[:3], 0.0)
 
 
-@cache
-def postcodes() -> tuple[Postcode, ...]:
-    """All postcodes, in file order (sorted by country and postcode)."""
-    text = resources.files("cardo_pipeline.simulator").joinpath("data/postcodes.csv").read_text("utf-8")
-    return tuple(Postcode(**row) for row in csv.DictReader(text.splitlines()))
+class CountryPostcodes(Sequence[Postcode]):
+    """A country's TERCET postcodes, sorted; a Postcode is made when drawn (NL alone has 465k)."""
+
+    def __init__(self, country_code: str, postcodes: list[str], nuts3: list[str]):
+        self.country_code, self._postcodes, self._nuts3 = country_code, postcodes, nuts3
+
+    def __len__(self) -> int:
+        return len(self._postcodes)
+
+    def __getitem__(self, index):  # an int: what random.choice asks for
+        return Postcode(self.country_code, self._postcodes[index], self._nuts3[index])
+
+    def find(self, postcode: str) -> Postcode | None:
+        index = bisect.bisect_left(self._postcodes, postcode)
+        found = index < len(self) and self._postcodes[index] == postcode
+        return self[index] if found else None
 
 
 @cache
-def postcodes_by_country() -> dict[str, tuple[Postcode, ...]]:
-    by_country: dict[str, list[Postcode]] = {c: [] for c in COUNTRIES}
-    for pc in postcodes():
-        by_country[pc.country_code].append(pc)
-    return {c: tuple(pcs) for c, pcs in by_country.items()}
+def postcodes_by_country() -> dict[str, CountryPostcodes]:
+    columns: dict[str, tuple[list[str], list[str]]] = {c: ([], []) for c in COUNTRIES}
+    for country, postcode, nuts3 in tercet_rows(COUNTRIES):
+        columns[country][0].append(postcode)
+        columns[country][1].append(nuts3)
+    return {c: CountryPostcodes(c, *columns[c]) for c in COUNTRIES}
 
 
 FIRST_NAMES: dict[str, tuple[str, ...]] = {
