@@ -10,6 +10,7 @@ import dagster as dg
 
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
+from cardo_pipeline.defs.features.geo import GEO_ENRICHED, GEO_FEATURE_DEFS
 from cardo_pipeline.defs.groups import CURATED, ICEBERG
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
@@ -18,6 +19,7 @@ from cardo_pipeline.defs.quality.monitoring import build_monitoring
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import DEAD_LETTER_CHECKS, RAW_CHECKS
 from cardo_pipeline.defs.raw.sensor import build_kafka_offsets_sensor
+from cardo_pipeline.defs.reference.assets import REFERENCE_DEFS
 from cardo_pipeline.defs.resources import current_resources
 from cardo_pipeline.defs.sources import topics
 from cardo_pipeline.settings import freshness_hours, sensor_interval_seconds
@@ -45,9 +47,11 @@ def defs() -> dg.Definitions:
     # materialized any other way; their sensor is on from the start (Dagster's default automation sensor starts
     # stopped) and ticks as often as the Kafka sensor.
     downstream = dg.AutomationConditionSensorDefinition(
-        "curated_follows_raw", target=dg.AssetSelection.groups(CURATED, ICEBERG),
+        "curated_follows_raw",
+        target=dg.AssetSelection.groups(CURATED, ICEBERG) | dg.AssetSelection.assets(*(s.key for s in GEO_ENRICHED)),
         default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=sensor_interval_seconds(),
-        description="Applies new raw rows to the curated tables, then mirrors them into Iceberg.",
+        description="Applies new raw rows to the curated tables, then mirrors them into Iceberg and rebuilds the "
+                    "geo-enriched borrowers and collaterals.",
     )
     curated = dg.Definitions(assets=CURATED_ASSETS, asset_checks=CURATED_CHECKS, sensors=[downstream])
     return dg.Definitions.merge(
@@ -55,6 +59,8 @@ def defs() -> dg.Definitions:
         raw,
         curated,
         ICEBERG_DEFS,
+        REFERENCE_DEFS,
+        GEO_FEATURE_DEFS,
         build_monitoring(list(SOURCE_TABLES), freshness_hours(), sensor_interval_seconds()),
         # Steps run in the run's own process: the multiprocess default starts a process per step, each importing
         # the code location again (2-3 s a step, a 28 s curated run for 1 s of work), and the heavy work already

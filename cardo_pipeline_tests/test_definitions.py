@@ -50,8 +50,8 @@ def test_curated_and_iceberg_follow_raw_through_a_sensor_that_starts_running(def
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     targeted = sensor.asset_selection.resolve(definitions.resolve_asset_graph())
     expected = {k for k in definitions.resolve_asset_graph().get_all_asset_keys()
-                if k.path[0] in ("curated", "iceberg")}
-    assert targeted == expected and len(expected) == 3 * len(SOURCE_TABLES)
+                if k.path[0] in ("curated", "iceberg") or k.path[-1].endswith("_geo")}
+    assert targeted == expected and len(expected) == 3 * len(SOURCE_TABLES) + 2
     for key in expected:
         assert definitions.resolve_assets_def(key).automation_conditions_by_key[key] is not None
 

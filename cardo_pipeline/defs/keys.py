@@ -27,3 +27,11 @@ def curated_history_key(table: SourceTable) -> dg.AssetKey:
 
 def iceberg_key(table: SourceTable) -> dg.AssetKey:
     return dg.AssetKey(list(table.layout.iceberg))
+
+
+def reference_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["reference", name])
+
+
+def features_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["features", name])

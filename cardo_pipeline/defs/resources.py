@@ -81,6 +81,7 @@ class QualityResource(dg.ConfigurableResource):
 
     kafka_lag_warn_messages: int = 10_000  # the lag check warns above this many messages waiting in Kafka
     reconcile_wait_seconds: float = 15.0  # how long reconciliation waits for Debezium's slot (1-4 s measured)
+    geo_match_rate_min: float = 0.99  # the share of postcodes that must find their NUTS3 region
     # Skip reconciliation with the source (a replayed lake, an environment where the source is out of reach).
     reconcile_with_source: bool = True
 
