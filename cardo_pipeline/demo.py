@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 import psycopg
 
 from cardo_pipeline.kafka_topics import end_offsets
@@ -228,6 +229,31 @@ def curated_figures(settings: CardoSettings) -> dict:
     return figures
 
 
+def geo_figures(settings: CardoSettings) -> dict:
+    """TERCET postcodes per country, and how the book's borrowers and collaterals matched their regions."""
+    from cardo_pipeline.defs.features.geo import GEO_ENRICHED
+    from cardo_pipeline.defs.keys import reference_key
+    from cardo_pipeline.ingest.delta_log import load_table
+
+    figures: dict = {}
+    postcodes = settings.lake_table(reference_key("postcode_nuts3").path)
+    if load_table(postcodes) is not None:
+        counts = pl.scan_delta(postcodes).group_by("country_code").len().sort("country_code").collect()
+        figures["postcodes_per_country"] = dict(counts.iter_rows())
+    for spec in GEO_ENRICHED:
+        uri = settings.lake_table(spec.key.path)
+        if load_table(uri) is None:
+            continue
+        frame = pl.read_delta(uri, columns=["country_code", "nuts3_code"])
+        by_country = frame.group_by("country_code").agg(pl.len().alias("rows"), pl.col("nuts3_code").is_not_null()
+                                                        .mean().round(5).alias("match_rate")).sort("country_code")
+        figures[spec.name] = {"rows": frame.height,
+                              "match_rate": round(frame["nuts3_code"].is_not_null().mean() or 0.0, 5),
+                              "by_country": {r["country_code"]: {"rows": r["rows"], "match_rate": r["match_rate"]}
+                                             for r in by_country.to_dicts()}}
+    return figures
+
+
 def run_demo(options: DemoOptions, log=print) -> DemoResult:
     settings = CardoSettings.from_env()
     started = time.monotonic()
@@ -276,6 +302,7 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
     curated = curated_figures(settings)
     summary["reconciliation"].update(curated.pop("reconciliation"))
     summary.update(curated)
+    summary["geo"] = geo_figures(settings)
     path = settings.home / "demo-summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return DemoResult(summary=summary, path=path)
@@ -306,6 +333,10 @@ def human_summary(result: DemoResult) -> str:
             for severity, counts in checks_by_severity(s["asset_checks"]).items()),
         "  curated rows   : " + ", ".join(f"{k} {v:,}" for k, v in s.get("curated_rows", {}).items())
         + " (Iceberg: " + ", ".join(f"{k} {v:,}" for k, v in s.get("iceberg_rows", {}).items()) + ")",
+        "  geo            : " + ", ".join(
+            f"{name} {figures['match_rate']:.2%} matched" for name, figures in s.get("geo", {}).items()
+            if isinstance(figures, dict) and "match_rate" in figures)
+        + f" ({sum(s.get('geo', {}).get('postcodes_per_country', {}).values()):,} TERCET postcodes)",
         f"  reconciliation : {sum(r['passed'] for r in s['reconciliation'].values())} of "
         f"{len(s['reconciliation'])} passed (Kafka vs raw, Postgres vs curated, row by row)",
         f"  summary        : {result.path}",
