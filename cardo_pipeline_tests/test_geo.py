@@ -142,3 +142,13 @@ def test_reference_and_enriched_assets_in_a_dagster_run(kafka_bootstrap: str, se
     enriched = pl.read_delta(str(tmp_path / "lake" / "features" / "borrowers_geo"))
     assert {"full_name", "birth_date"}.isdisjoint(enriched.columns)  # no personal data beyond curated
     assert enriched["nuts3_code"].null_count() == 0 and set(enriched["nuts_version"]) == {"2024"}
+
+
+def test_older_codes_are_remapped_through_the_crosswalk() -> None:
+    from cardo_pipeline.geo.nuts import remap_nuts_2021
+
+    crosswalk = nuts_crosswalk()
+    renamed = crosswalk.filter(pl.col("code_2021").is_not_null() & pl.col("code_2024").is_not_null()
+                               & (pl.col("code_2021") != pl.col("code_2024"))).row(0, named=True)
+    codes = pl.Series("nuts3", ["ITI43", renamed["code_2021"], "DEG04", "XX999"])
+    assert remap_nuts_2021(codes, crosswalk).to_list() == ["ITI43", renamed["code_2024"], None, None]

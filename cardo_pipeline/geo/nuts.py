@@ -124,3 +124,13 @@ def nuts_crosswalk() -> pl.DataFrame:
             for r in _sheet("NUTS2021- NUTS2024") if r.get("Code 2021") or r.get("Code 2024")]
     return pl.DataFrame(rows, schema={"country_code": pl.String, "code_2021": pl.String, "code_2024": pl.String,
                                       "level": pl.Int8, "change": pl.String}).sort("country_code", "code_2021")
+
+
+def remap_nuts_2021(codes: pl.Series, crosswalk: pl.DataFrame) -> pl.Series:
+    """NUTS 2021 codes as NUTS 2024 codes: unchanged where the crosswalk keeps them, the new code where it renames
+    one, null where the region was dropped or redrawn (a boundary shift has no one-to-one successor)."""
+    # a 2021 code listed twice would have no single successor (none is today): it maps to null
+    mapping = (crosswalk.filter(pl.col("code_2021").is_not_null()).select("code_2021", "code_2024")
+               .unique("code_2021", keep="none"))
+    remapped = codes.to_frame("code_2021").join(mapping, on="code_2021", how="left", maintain_order="left")
+    return remapped["code_2024"].alias(codes.name)
