@@ -35,7 +35,9 @@ from operator import methodcaller
 import numpy as np
 import polars as pl
 import psycopg
+import pyarrow as pa
 
+from cardo_pipeline.cdc.arrow_types import arrow_type_for_column
 from cardo_pipeline.curate.storage import RAW_VERSION_APP_ID
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable, load_table
 from cardo_pipeline.kafka_topics import KafkaUnavailable, end_offsets
@@ -48,31 +50,37 @@ HASH_BITS = 60
 SLOT_POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5  # libpq takes whole seconds (and at least 2)
 
-_INTEGER = re.compile(r"bigint|int8|integer|int|int4|smallint|int2")
-_NUMERIC = re.compile(r"(?:numeric|decimal)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)")
+# Arrow maps json, xml and citext to strings too, but their text forms differ between Postgres and the lake
 _BLANK_PADDED = re.compile(r"(?:char|character|bpchar)(?:\s*\(\d+\))?")
 _TEXT = re.compile(r"text|uuid|(?:varchar|character varying)(?:\s*\(\d+\))?")
-_TIMESTAMP = re.compile(r"timestamptz|timestamp(?: with(?:out)? time zone)?")
 
 
 # --- canonical row text -------------------------------------------------------------------------------------------
 
 def _kind(column: Column) -> str:
-    pg_type = column.pg_type.strip().lower()
-    for kind, pattern in (("integer", _INTEGER), ("numeric", _NUMERIC), ("char", _BLANK_PADDED), ("text", _TEXT),
-                          ("timestamp", _TIMESTAMP)):
-        if pattern.fullmatch(pg_type):
-            return kind
-    if pg_type in ("date", "boolean", "bool"):
-        return "date" if pg_type == "date" else "boolean"
+    """The canonical form of a column, from the Arrow type the lake stores it as (`arrow_type_for_column`, the one
+    reading of Postgres types), and for strings from the Postgres type (char(n) is blank-padded)."""
+    try:
+        arrow = arrow_type_for_column(column)
+    except ValueError:
+        arrow = None
+    if arrow is not None:
+        for kind, is_kind in (("integer", pa.types.is_integer), ("numeric", pa.types.is_decimal),
+                              ("boolean", pa.types.is_boolean), ("date", pa.types.is_date),
+                              ("timestamp", pa.types.is_timestamp)):
+            if is_kind(arrow):
+                return kind
+        pg_type = column.pg_type.strip().lower()
+        if pa.types.is_string(arrow) and _BLANK_PADDED.fullmatch(pg_type):
+            return "char"
+        if pa.types.is_string(arrow) and _TEXT.fullmatch(pg_type):
+            return "text"
     # floats, times, bytea, json: their text forms differ between Postgres and the lake; add one when needed
     raise ValueError(f"column {column.name}: no canonical form for Postgres type {column.pg_type!r} yet")
 
 
 def _scale(column: Column) -> int:
-    match = _NUMERIC.fullmatch(column.pg_type.strip().lower())
-    assert match is not None
-    return int(match.group(2))
+    return arrow_type_for_column(column).scale
 
 
 def _quote_ident(name: str) -> str:
