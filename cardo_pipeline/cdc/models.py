@@ -17,6 +17,7 @@ import polars as pl
 from cardo_pipeline.cdc.arrow_types import DEAD_LETTER_SCHEMA, raw_arrow_schema
 from cardo_pipeline.quality.models import (
     Severity,
+    before_check,
     describe_rule,
     model,
     model_title,
@@ -80,10 +81,7 @@ def raw_images_model(table: SourceTable) -> pa.DataFrameSchema:
             checks.append(row_check(f"after.{column.name} is not null", after.is_null() | value.is_not_null()))
         checks += [row_check(f"after.{column.name} {describe_rule(rule)}", rule_expression(rule, value))
                    for rule in column.rules]
-    for rule in table.row_rules:
-        earlier, later = after.struct.field(rule.earlier), after.struct.field(rule.later)
-        holds = (earlier < later) if rule.strict else (earlier <= later)
-        checks.append(row_check(f"after: {rule.describe()}", earlier.is_null() | later.is_null() | holds))
+    checks += [before_check(rule, after.struct.field, prefix="after: ") for rule in table.row_rules]
     return model(
         f"Raw{model_title(table)}Images",
         {"after": pa.Column(pl.Struct, nullable=True)},

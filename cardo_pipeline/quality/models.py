@@ -12,7 +12,7 @@ Conventions a model follows, so that it can be validated in bounded chunks:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 import pandera.polars as pa
@@ -125,10 +125,11 @@ def _frame_check(name: str, valid: pl.Expr, scope: str, description: str) -> pa.
                     statistics={SCOPE: scope, COLUMNS: sorted(set(valid.meta.root_names())), EXPRESSION: valid})
 
 
-def before_check(rule: Before) -> pa.Check:
-    earlier, later = pl.col(rule.earlier), pl.col(rule.later)
+def before_check(rule: Before, value: Callable[[str], pl.Expr] = pl.col, prefix: str = "") -> pa.Check:
+    """A `Before` rule as a row check; `value` reaches a column (a struct's field, say), `prefix` names where."""
+    earlier, later = value(rule.earlier), value(rule.later)
     holds = (earlier < later) if rule.strict else (earlier <= later)
-    return row_check(rule.describe(), earlier.is_null() | later.is_null() | holds)
+    return row_check(prefix + rule.describe(), earlier.is_null() | later.is_null() | holds)
 
 
 def registry_columns(columns: Sequence[Column], dtypes: dict[str, pl.DataType], *, with_rules: bool = True,

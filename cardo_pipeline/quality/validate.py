@@ -133,8 +133,8 @@ def _across_failures(schema: pa.DataFrameSchema, frame: pl.DataFrame) -> pl.Data
     errors = _errors(schema, suspects.drop(ROW_INDEX))
     if errors is None:  # cannot happen for these checks (they fail on the rows that failed): report nothing
         return None
-    positions = suspects[ROW_INDEX]
-    return errors.with_columns(pl.col("index").map_elements(lambda i: positions[i], return_dtype=pl.Int64))
+    # a failure's index is its position among the suspects: back to the row's position in the table
+    return errors.with_columns(suspects[ROW_INDEX].gather(errors["index"]).cast(pl.Int64).alias("index"))
 
 
 def _duplicated(frame: pl.DataFrame, columns: list[str], where: str | None = None) -> pl.Series:
