@@ -23,7 +23,6 @@ from typing import Any
 from cardo_pipeline.simulator import geo
 from cardo_pipeline.simulator.changes import RowChange, Transaction, is_toasted_note
 from cardo_pipeline.simulator.model import (
-    ACTIVE_STATES,
     ARREARS_1,
     CURRENT,
     DEFAULT,
@@ -186,13 +185,15 @@ class Book:
         first = add_months(self.start, month)
         for _ in range(originations):
             self._schedule(self._business_time(first.replace(day=self.rng.randint(1, 28))), self._originate)
-        if first.month == 12:
-            self._schedule(_at(first.replace(day=31), 86_399), self._year_end)
+        self._schedule(_at(add_months(first, 1) - timedelta(days=1), 86_399), self._month_end)
 
-    def _year_end(self, now: datetime) -> None:
+    def _month_end(self, now: datetime) -> None:
+        """The truth at each monthly cutoff, for the loans the servicing data shows as active then (the population
+        the PD model scores). The chain may already be further on (a step drawn, not yet recorded): the truth is
+        the chain's, so a default drawn before the cutoff and recorded after it has PD 1."""
         as_of = now.date()
         for loan_id, loan in self.loans.items():
-            if loan.state in ACTIVE_STATES:
+            if loan.loan["status"] == "active" and loan.loan["origination_date"] != as_of:
                 pd = pd_12m(loan.risk, loan.state, loan.steps_drawn + 1, loan.term)
                 self.truth.append((loan_id, as_of, pd))
                 self.counters.truth_rows += 1
