@@ -11,10 +11,12 @@ import dagster as dg
 from cardo_pipeline.defs.curated.assets import CURATED_ASSETS
 from cardo_pipeline.defs.curated.checks import CURATED_CHECKS
 from cardo_pipeline.defs.features.geo import GEO_ENRICHED, GEO_FEATURE_DEFS
+from cardo_pipeline.defs.features.loans import build_loan_feature_defs, cutoff_partitions
 from cardo_pipeline.defs.groups import CURATED, ICEBERG
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
+from cardo_pipeline.defs.models.pd import build_pd_defs
 from cardo_pipeline.defs.quality.monitoring import build_monitoring
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import DEAD_LETTER_CHECKS, RAW_CHECKS
@@ -54,6 +56,7 @@ def defs() -> dg.Definitions:
                     "geo-enriched borrowers and collaterals.",
     )
     curated = dg.Definitions(assets=CURATED_ASSETS, asset_checks=CURATED_CHECKS, sensors=[downstream])
+    cutoffs = cutoff_partitions()
     return dg.Definitions.merge(
         topics.defs,
         raw,
@@ -61,6 +64,8 @@ def defs() -> dg.Definitions:
         ICEBERG_DEFS,
         REFERENCE_DEFS,
         GEO_FEATURE_DEFS,
+        build_loan_feature_defs(cutoffs),
+        build_pd_defs(cutoffs),
         build_monitoring(list(SOURCE_TABLES), freshness_hours(), sensor_interval_seconds()),
         # Steps run in the run's own process: the multiprocess default starts a process per step, each importing
         # the code location again (2-3 s a step, a 28 s curated run for 1 s of work), and the heavy work already

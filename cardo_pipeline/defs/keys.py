@@ -35,3 +35,7 @@ def reference_key(name: str) -> dg.AssetKey:
 
 def features_key(name: str) -> dg.AssetKey:
     return dg.AssetKey(["features", name])
+
+
+def model_key(name: str) -> dg.AssetKey:
+    return dg.AssetKey(["models", name])

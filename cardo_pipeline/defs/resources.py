@@ -86,10 +86,27 @@ class QualityResource(dg.ConfigurableResource):
     reconcile_with_source: bool = True
 
 
+class PdModelResource(dg.ConfigurableResource):
+    """Where the PD model is tracked and registered, and how it is trained and judged."""
+
+    tracking_uri: str | None = None  # None: the local stack's MLflow server (CARDO_MLFLOW_TRACKING_URI overrides)
+    registered_model: str = "cardo_pd"
+    experiment: str = "cardo_pd"
+    test_cutoffs: int = 3  # the newest labelled cutoffs, held out: the out-of-time test set
+    search_max_rows: int = 200_000  # rows the hyperparameter search sees (all rows are used to fit)
+    # The simulator's true PDs (simulator.loan_truth in the servicing database) as the oracle to compare with;
+    # production has no such table.
+    oracle_from_simulator: bool = True
+    oracle_min_ratio: float = 0.95  # the model's AUC over the oracle's, on the same test loans
+
+    def tracking(self) -> str:
+        return self.tracking_uri or CardoSettings.from_env().mlflow_tracking_uri
+
+
 def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
         return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
-                "iceberg": IcebergResource(), "quality": QualityResource()}
+                "iceberg": IcebergResource(), "quality": QualityResource(), "pd_settings": PdModelResource()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
@@ -98,6 +115,8 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
             "iceberg": IcebergResource(catalog_type="rest", catalog_uri=dg.EnvVar("CARDO_ICEBERG_CATALOG_URI"),
                                        warehouse=dg.EnvVar("CARDO_ICEBERG_WAREHOUSE")),
             "quality": QualityResource(),
+            "pd_settings": PdModelResource(tracking_uri=dg.EnvVar("CARDO_MLFLOW_TRACKING_URI"),
+                                        oracle_from_simulator=False),
         }
     raise ValueError(f"CARDO_ENV must be 'local' or 'k8s', got {environment!r}")
 

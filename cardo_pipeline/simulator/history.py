@@ -17,6 +17,7 @@ from cardo_pipeline.simulator.book import Book
 from cardo_pipeline.tables import TABLES_BY_NAME
 
 LSN_STEP = 8  # LSNs grow by more than one per change in Postgres; nothing may assume they are consecutive
+CHUNK_ROWS = 200_000  # rows kept as Python tuples before they become a polars frame (memory: tuples are large)
 
 
 @dataclass
@@ -37,7 +38,12 @@ def simulated_histories(*, loans: int, months: int, seed: int, start: date = dat
     columns = {name: TABLES_BY_NAME[name].column_names for name in tables}
     for name in columns:  # notes are long and no feature reads them
         columns[name] = [c for c in columns[name] if c != "servicer_notes"]
+    schemas = {}
+    for name, cols in columns.items():
+        schemas[name] = {c: _polars_type(TABLES_BY_NAME[name].column(c).pg_type) for c in cols} | {
+            "valid_from_lsn": pl.Int64, "valid_from_offset": pl.Int64, "is_deleted": pl.Boolean}
     rows: dict[str, list[tuple]] = {name: [] for name in tables}
+    frames: dict[str, list[pl.DataFrame]] = {name: [] for name in tables}
     lsn, changes = 0, 0
     truth: list[tuple[int, date, float]] = []
     for txn in book.transactions():
@@ -46,17 +52,19 @@ def simulated_histories(*, loans: int, months: int, seed: int, start: date = dat
             changes += 1
             if change.table in rows:
                 image = change.row
-                rows[change.table].append((*(_value(image.get(c)) for c in columns[change.table]), lsn, lsn,
-                                           change.op == "d"))
+                pending = rows[change.table]
+                pending.append((*(_value(image.get(c)) for c in columns[change.table]), lsn, lsn, change.op == "d"))
+                if len(pending) >= CHUNK_ROWS:
+                    frames[change.table].append(pl.DataFrame(pending, schema=schemas[change.table], orient="row"))
+                    pending.clear()
         if book.truth:
             truth += book.truth
             book.truth = []
     truth += book.truth
     histories = {}
-    for name, cols in columns.items():
-        schema = {c: _polars_type(TABLES_BY_NAME[name].column(c).pg_type) for c in cols}
-        schema |= {"valid_from_lsn": pl.Int64, "valid_from_offset": pl.Int64, "is_deleted": pl.Boolean}
-        histories[name] = pl.DataFrame(rows[name], schema=schema, orient="row").lazy()
+    for name in columns:
+        frames[name].append(pl.DataFrame(rows[name], schema=schemas[name], orient="row"))
+        histories[name] = pl.concat(frames[name]).lazy()
     return SimulatedHistories(histories, pl.DataFrame(truth, schema={"loan_id": pl.Int64, "as_of_date": pl.Date,
                                                                      "pd_12m": pl.Float64}, orient="row"), changes)
 

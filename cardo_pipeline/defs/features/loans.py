@@ -1,0 +1,181 @@
+"""`features/loan_features` (one partition per monthly cutoff) and `features/loan_default_outcomes` (the PD model's
+target): glue around `cardo_pipeline.features`. A month's partition holds the loans active at the month's last day,
+as known then; its outcome becomes known 12 months later, so outcomes are one table rebuilt whole."""
+
+
+from datetime import date, datetime
+
+import dagster as dg
+import polars as pl
+
+from cardo_pipeline.defs.groups import FEATURES
+from cardo_pipeline.defs.keys import curated_history_key, features_key, reference_key
+from cardo_pipeline.defs.quality.pandera_checks import markdown_table, pandera_asset_check
+from cardo_pipeline.defs.reference.assets import POSTCODES
+from cardo_pipeline.defs.resources import LakeResource
+from cardo_pipeline.features.clock import cutoff_end
+from cardo_pipeline.features.loan_features import (
+    FEATURE_COLUMNS,
+    HISTORY_COLUMNS,
+    KnownHistories,
+    cutoffs_between,
+    loan_features,
+    month_end,
+)
+from cardo_pipeline.features.models import loan_default_outcomes_model, loan_features_model
+from cardo_pipeline.features.outcomes import default_outcomes
+from cardo_pipeline.quality.validate import delta_source
+from cardo_pipeline.tables import TABLES_BY_NAME
+
+LOAN_FEATURES = features_key("loan_features")
+LOAN_OUTCOMES = features_key("loan_default_outcomes")
+HISTORIES = [curated_history_key(TABLES_BY_NAME[name]) for name in HISTORY_COLUMNS]
+
+
+DEFAULT_FEATURES_START = "2024-01-01"  # the simulator's first month
+
+
+def cutoff_partitions() -> dg.MonthlyPartitionsDefinition:
+    """One partition per month from CARDO_FEATURES_START (a month's first day), each as of the month's last day;
+    the newest is the last whole month."""
+    import os
+
+    from cardo_pipeline.settings import ConfigError
+
+    raw = os.environ.get("CARDO_FEATURES_START") or DEFAULT_FEATURES_START
+    try:
+        first = date.fromisoformat(raw)
+    except ValueError:
+        first = None
+    if first is None or first.day != 1:
+        raise ConfigError(f"CARDO_FEATURES_START must be the first day of a month (YYYY-MM-01), got {raw!r}")
+    return dg.MonthlyPartitionsDefinition(start_date=first.isoformat(), end_offset=0)
+
+
+def cutoff_of(partition_key: str) -> date:
+    """A monthly partition (keyed by the month's first day) is as of the month's last day."""
+    first = date.fromisoformat(partition_key)
+    return month_end(first.year, first.month)
+
+
+def partition_of(cutoff: date) -> str:
+    return cutoff.replace(day=1).isoformat()
+
+
+def read_known_histories(lake: LakeResource) -> KnownHistories:
+    histories = {}
+    for name in HISTORY_COLUMNS:
+        uri = lake.table(TABLES_BY_NAME[name].layout.history)
+        try:
+            histories[name] = pl.scan_delta(uri)
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds for a missing table
+            raise dg.Failure(f"curated/{name}_history cannot be read at {uri} ({exc.__class__.__name__}): "
+                             "materialize the curated group first") from exc
+    return KnownHistories.from_histories(histories)
+
+
+def write_cutoffs(frame: pl.DataFrame, uri: str, cutoffs: list[date]) -> int:
+    """Replace the given cutoffs' rows (and only those) in one commit; the table is partitioned by cutoff."""
+    from deltalake import DeltaTable
+
+    from cardo_pipeline.ingest.delta_log import load_table
+
+    if load_table(uri) is None:
+        frame.write_delta(uri, mode="append", delta_write_options={"partition_by": ["cutoff_date"]})
+    else:
+        listed = ", ".join(f"'{c.isoformat()}'" for c in cutoffs)
+        frame.write_delta(uri, mode="overwrite", delta_write_options={
+            "partition_by": ["cutoff_date"], "predicate": f"cutoff_date IN ({listed})"})
+    return DeltaTable(uri).version()
+
+
+def _not_yet_known(cutoffs: list[date], known_through: datetime | None) -> list[date]:
+    return [c for c in cutoffs if known_through is None or cutoff_end(c) > known_through]
+
+
+def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions:
+    start = cutoff_of(cutoffs_def.get_first_partition_key())
+
+    @dg.asset(
+        key=LOAN_FEATURES, group_name=FEATURES, kinds={"delta", "polars"}, partitions_def=cutoffs_def,
+        # A backfill of many months is one run reading the histories once, not one run per month.
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[*HISTORIES, reference_key(POSTCODES)],
+        tags={"cardo/layer": "features"},
+        description="One row per loan active at the month's last day (the cutoff), from the curated SCD2 histories "
+                    "as known at the cutoff by the source's clock: debt-to-income, LTV at origination and current "
+                    "(latest appraisal on or before the cutoff), days past due and missed payments over 3/6/12 "
+                    "months, paid over due, utilisation, seasoning, remaining term, rate, product, collateral, "
+                    "employment, income, age band, NUTS2 region and its trailing 12-month default rate. No "
+                    "personal data.",
+    )
+    def loan_features_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
+        known = read_known_histories(lake)
+        late = _not_yet_known(cutoffs, known.known_through)
+        if late:
+            raise dg.Failure(
+                f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
+                f"{known.known_through}): their features cannot be known yet. Materialize cutoffs up to "
+                f"{_last_known(known, start)}.")
+        postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
+                                  columns=["country_code", "postcode", "nuts3_code"])
+        frame = loan_features(known, postcodes, cutoffs)
+        version = write_cutoffs(frame, lake.table(LOAN_FEATURES.path), cutoffs)
+        per_cutoff = frame.group_by("cutoff_date").len().sort("cutoff_date")
+        nulls = {c: round(frame[c].null_count() / frame.height, 4) for c in FEATURE_COLUMNS
+                 if frame.height and frame[c].null_count()}
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": frame.height, "delta_version": version,
+            "cutoffs": f"{cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)})",
+            "source_clock": str(known.known_through),
+            "rows_per_cutoff": dg.MetadataValue.json({str(k): v for k, v in per_cutoff.iter_rows()}),
+            "null_share": dg.MetadataValue.json(nulls),
+            "features": dg.MetadataValue.md(markdown_table(frame.head(5).to_dicts()) if frame.height else "none"),
+        })
+
+    @dg.asset(
+        key=LOAN_OUTCOMES, group_name=FEATURES, kinds={"delta", "polars"}, deps=HISTORIES,
+        tags={"cardo/layer": "features"},
+        description="The PD model's target: for each month-end cutoff whose 12 months have passed, each loan active "
+                    "at it and whether it defaulted (status defaulted or written off) within those 12 months. "
+                    "Rebuilt whole: a cutoff's outcome becomes known a year after its features.",
+    )
+    def loan_default_outcomes_asset(lake: LakeResource) -> dg.MaterializeResult:
+        known = read_known_histories(lake)
+        through = known.known_through
+        frame = default_outcomes(known, cutoffs_between(start, through.date()) if through else [])
+        from cardo_pipeline.defs.reference.assets import write_table
+
+        version = write_table(frame, lake.table(LOAN_OUTCOMES.path))
+        rates = frame.group_by("cutoff_date").agg(pl.len().alias("loans"), pl.col("default_12m").sum()
+                                                  .alias("defaults")).sort("cutoff_date")
+        rates = rates.with_columns((pl.col("defaults") / pl.col("loans")).round(4).alias("default_rate"))
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": frame.height, "delta_version": version, "source_clock": str(through),
+            "cutoffs_with_outcome": rates.height,
+            "default_rate": round(float(frame["default_12m"].mean()), 4) if frame.height else 0.0,
+            "default_rate_per_cutoff": dg.MetadataValue.md(markdown_table(rates.to_dicts()) if rates.height
+                                                           else "no cutoff has 12 months of outcome yet"),
+        })
+
+    checks = [
+        pandera_asset_check(key, model, lambda context, key=key: delta_source(context.resources.lake.table(key.path)),
+                            name="pandera_schema", required_resource_keys={"lake"})
+        for key, model in ((LOAN_FEATURES, loan_features_model()), (LOAN_OUTCOMES, loan_default_outcomes_model()))
+    ]
+    return dg.Definitions(assets=[loan_features_asset, loan_default_outcomes_asset], asset_checks=checks)
+
+
+def _last_known(known: KnownHistories, start: date) -> date | None:
+    through = known.known_through
+    if through is None:
+        return None
+    known_cutoffs = [c for c in cutoffs_between(start, through.date()) if cutoff_end(c) <= through]
+    return known_cutoffs[-1] if known_cutoffs else None
+
+
+def known_cutoff_partitions(lake: LakeResource, cutoffs_def: dg.MonthlyPartitionsDefinition) -> list[str]:
+    """The partitions whose cutoff the servicing data has passed (what `make demo` materializes)."""
+    start = cutoff_of(cutoffs_def.get_first_partition_key())
+    last = _last_known(read_known_histories(lake), start)
+    return [] if last is None else [partition_of(c) for c in cutoffs_between(start, last)]
