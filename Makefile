@@ -17,11 +17,12 @@ PYTEST_ARGS ?=
 demo: deps venv
 	$(BIN)/cardo demo
 
-## dev: the local stack plus the Dagster UI on http://127.0.0.1:3000
+## dev: the local stack plus the Dagster UI on http://127.0.0.1:3000 and the MLflow UI (CARDO_MLFLOW_PORT, 25050)
 dev: deps venv
 	$(BIN)/cardo stack up
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\nnux:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://127.0.0.1:3000   MLflow UI: $$($(BIN)/python -c 'from cardo_pipeline.settings import CardoSettings; print(CardoSettings.from_env().mlflow_tracking_uri)')"
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## test: the whole suite, against a real stack of its own (started once, stopped at the end)

@@ -84,6 +84,9 @@ class CardoSettings:
     kafka_port: int
     kafka_controller_port: int
     connect_port: int
+    mlflow_port: int = 25050
+    # A remote tracking server (production) instead of the local stack's `mlflow server`.
+    mlflow_tracking_override: str | None = None
     database: str = "servicing"
     pg_user: str = "cardo"
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
@@ -103,6 +106,8 @@ class CardoSettings:
             kafka_port=_port(env, "CARDO_KAFKA_PORT", 29092),
             kafka_controller_port=_port(env, "CARDO_KAFKA_CONTROLLER_PORT", 29093),
             connect_port=_port(env, "CARDO_CONNECT_PORT", 28083),
+            mlflow_port=_port(env, "CARDO_MLFLOW_PORT", 25050),
+            mlflow_tracking_override=env.get("CARDO_MLFLOW_TRACKING_URI") or None,
             topic_prefix=env.get("CARDO_TOPIC_PREFIX") or DEFAULT_TOPIC_PREFIX,
         )
 
@@ -119,8 +124,19 @@ class CardoSettings:
         return f"sqlite:///{self.home / 'iceberg' / 'catalog.db'}"
 
     @property
-    def mlflow_tracking_uri(self) -> str:
+    def mlflow_backend_uri(self) -> str:
+        """The local `mlflow server`'s backend store: runs, metrics and the model registry."""
         return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Where the local `mlflow server` stores the artifacts it serves (clients upload them through it)."""
+        return self.home / "mlflow-artifacts"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The tracking server clients talk to: the local stack's, or CARDO_MLFLOW_TRACKING_URI when set."""
+        return self.mlflow_tracking_override or f"http://{self.host}:{self.mlflow_port}"
 
     def topic(self, table: str) -> str:
         return topic_name(self.topic_prefix, table)

@@ -24,6 +24,7 @@ TEST_STACK_ENV = {
     "CARDO_KAFKA_PORT": str(29192 + _OFFSET),
     "CARDO_KAFKA_CONTROLLER_PORT": str(29193 + _OFFSET),
     "CARDO_CONNECT_PORT": str(28183 + _OFFSET),
+    "CARDO_MLFLOW_PORT": str(25150 + _OFFSET),
 }
 
 
@@ -31,6 +32,7 @@ TEST_STACK_ENV = {
 def test_env() -> dict[str, str]:
     """The environment of the test stack: a subprocess given this talks to the test services."""
     env = {**os.environ, **TEST_STACK_ENV}
+    env.pop("CARDO_MLFLOW_TRACKING_URI", None)  # the test stack's own server, never a remote one
     env["DAGSTER_HOME"] = str(Path(TEST_STACK_ENV["CARDO_HOME"]) / "dagster")
     return env
 
@@ -58,6 +60,12 @@ def servicing_dsn(stack: Stack) -> str:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(stack: Stack) -> str:
     return stack.settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking_uri(stack: Stack) -> str:
+    """The test stack's MLflow tracking server (http://127.0.0.1:<port>)."""
+    return stack.settings.mlflow_tracking_uri
 
 
 @pytest.fixture(scope="module", params=["native", "python"])

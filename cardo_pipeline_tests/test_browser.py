@@ -1,4 +1,5 @@
-"""A person's view: `dagster dev` serves the asset graph, and headless Chromium shows the project's assets."""
+"""A person's view: `dagster dev` serves the asset graph, and headless Chromium shows the project's assets; the
+stack's MLflow server shows the registered model with its `champion` alias."""
 
 from __future__ import annotations
 
@@ -167,5 +168,64 @@ def test_a_failing_pandera_check_shows_its_failures_in_the_ui(dagster_dev: str, 
     for shown in ("pandera_schema", current_model(loans).name, "failing_rows_sample", "loan_id=4242",
                   "interest_rate fails in_range(0, 1): -0.02000"):
         assert shown in dom, f"{shown!r} is not on the check's page"
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000
+    print(f"screenshot: {screenshot}")
+
+
+BROWSER_CHECK_MODEL = "cardo_pd_browser_check"  # not "cardo_pd": the model tests own that name
+
+
+@pytest.fixture
+def registered_champion_model(mlflow_tracking_uri: str) -> tuple[str, str]:
+    """A tiny model registered on the test stack's MLflow server, its latest version aliased `champion`."""
+    import mlflow
+    import numpy as np
+    import sklearn
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.array([[0.0, 1.0], [1.0, 0.5], [2.0, 0.2], [3.0, 0.1]])
+    model = LogisticRegression().fit(features, np.array([0, 0, 1, 1]))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(mlflow_tracking_uri)  # log_model works through the fluent API's active run
+    try:
+        mlflow.set_experiment("cardo_browser_check")
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                registered_model_name=BROWSER_CHECK_MODEL,
+                # Given, not inferred: inference imports the model in a subprocess and takes ~10 s.
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+    MlflowClient(tracking_uri=mlflow_tracking_uri).set_registered_model_alias(
+        BROWSER_CHECK_MODEL, "champion", info.registered_model_version
+    )
+    return mlflow_tracking_uri, BROWSER_CHECK_MODEL
+
+
+@pytest.mark.stack
+def test_mlflow_shows_the_registered_models_champion_alias(
+    registered_champion_model: tuple[str, str], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    tracking_uri, name = registered_champion_model
+    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, "champion").version
+    page = f"{tracking_uri}/#/models/{name}"
+    # MLflow's UI is a React app: the versions table, with each version's alias tags, is rendered after its API
+    # calls; the virtual time budget normally covers them, and a slow first request gets another try.
+    for _attempt in range(3):
+        dom = _chromium(tmp_path, "--dump-dom", page).stdout
+        if 'title="champion"' in dom:
+            break
+    (tmp_path / "model-page.html").write_text(dom)
+    assert 'title="champion"' in dom, f"the champion alias is not on {page}; see {tmp_path / 'model-page.html'}"
+    assert f'href="#/models/{name}/versions/{version}">Version {version}<' in dom, f"version {version} is not listed"
+
+    screenshot = tmp_path / "mlflow-registered-model.png"
+    _chromium(tmp_path, f"--screenshot={screenshot}", page)
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")

@@ -1,4 +1,5 @@
-"""The local stack: Postgres (servicing source), Kafka (KRaft) and Kafka Connect with Debezium, on 127.0.0.1.
+"""The local stack: Postgres (servicing source), Kafka (KRaft), Kafka Connect with Debezium and an MLflow tracking
+server, on 127.0.0.1.
 
 `up` is idempotent (a running, healthy service is left alone), `down` stops exactly what `up` started, in
 reverse order, and `status` reports health per service.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.stack.mlflow_server import MlflowServer
 from cardo_pipeline.stack.postgres import Postgres
 from cardo_pipeline.stack.process import StackError
 from cardo_pipeline.stack.services import Connect, Kafka
@@ -31,6 +33,7 @@ class Stack:
         self.postgres = Postgres(settings)
         self.kafka = Kafka(settings)
         self.connect = Connect(settings)
+        self.mlflow = MlflowServer(settings)
 
     def up(self, log=print) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
@@ -40,10 +43,17 @@ class Stack:
         self.kafka.start()
         log(f"connect    starting on {self.connect.url} (Debezium connector servicing-postgres)")
         self.connect.start(drop_stale_slot=self._drop_slot)
-        log("stack is up")
+        log(f"mlflow     starting on {self.mlflow.url}")
+        self.mlflow.start()
+        log(f"stack is up; MLflow UI on {self.mlflow.url}")
 
     def down(self, log=print) -> None:
-        for name, service in (("connect", self.connect), ("kafka", self.kafka), ("postgres", self.postgres)):
+        for name, service in (
+            ("mlflow", self.mlflow),
+            ("connect", self.connect),
+            ("kafka", self.kafka),
+            ("postgres", self.postgres),
+        ):
             stopped = service.stop()
             log(f"{name:<10} {'stopped' if stopped else 'was not running'}")
 
@@ -55,6 +65,7 @@ class Stack:
         if connect_status:
             tasks = ",".join(t["state"] for t in connect_status.get("tasks", []))
             connect_detail = f"connector {connect_status['connector']['state']}, tasks {tasks or 'none'}"
+        mlflow_running = self.mlflow.process.is_running()
         return [
             ServiceStatus(
                 "postgres", pg_running, pg_running and self.postgres.healthy(), f"{s.host}:{s.pg_port}"
@@ -66,6 +77,13 @@ class Stack:
                 self.connect.connector_running(),
                 self.connect.url,
                 connect_detail,
+            ),
+            ServiceStatus(
+                "mlflow",
+                mlflow_running,
+                mlflow_running and self.mlflow.healthy(),
+                self.mlflow.url,
+                f"backend {s.mlflow_backend_uri}, artifacts {s.mlflow_artifacts_dir}",
             ),
         ]
 
