@@ -125,9 +125,17 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
     import dagster as dg
 
     from cardo_pipeline.definitions import defs
+    from cardo_pipeline.defs.features.loans import (
+        LOAN_FEATURES,
+        LOAN_OUTCOMES,
+        cutoff_partitions,
+        known_cutoff_partitions,
+    )
     from cardo_pipeline.defs.groups import RAW, SOURCES
+    from cardo_pipeline.defs.models.pd import PD_MODEL, PD_SCORES
     from cardo_pipeline.defs.quality.monitoring import MONITORING_JOB
     from cardo_pipeline.defs.raw.sensor import SENSOR_NAME
+    from cardo_pipeline.defs.resources import LakeResource
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
     dagster_home = Path(os.environ["DAGSTER_HOME"])
@@ -149,17 +157,54 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
             runs.add(job.execute_in_process(asset_selection=request.asset_selection, instance=instance,
                                             tags=tags, run_config=QUIET, raise_on_error=False))
 
+        modelling = [LOAN_FEATURES, LOAN_OUTCOMES, PD_MODEL, PD_SCORES]
         rest = [
             k for k in graph.get_all_asset_keys()
-            if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW)
+            if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW) and k not in modelling
         ]
         if rest:
             runs.add(job.execute_in_process(asset_selection=rest, instance=instance, run_config=QUIET,
                                             raise_on_error=False))
+        # Every month the servicing data has passed, in one run (the assets' single-run backfill policy): the
+        # features, the outcomes known so far, the model trained on them, and the champion's scores.
+        months = known_cutoff_partitions(LakeResource(), cutoff_partitions())
+        log(f"features, PD model and scores for {len(months)} monthly cutoffs"
+            + (f" ({months[0]}..{months[-1]})" if months else ""))
+        if months:
+            runs.add(job.execute_in_process(
+                asset_selection=modelling, instance=instance, run_config=QUIET, raise_on_error=False,
+                tags={"dagster/asset_partition_range_start": months[0],
+                      "dagster/asset_partition_range_end": months[-1]}))
+        model = model_figures(instance)
         # What the monitoring schedule evaluates between runs: Kafka lag, the dead-letter table's model.
         runs.add(definitions.resolve_job_def(MONITORING_JOB).execute_in_process(
             instance=instance, run_config=QUIET, raise_on_error=False))
-    return runs.as_dict()
+    return {**runs.as_dict(), "model": model}
+
+
+MODEL_FIGURES = ("model_version", "alias", "decision", "family", "auc", "gini", "ks", "brier", "log_loss",
+                 "oracle_auc", "auc_over_oracle", "cv_auc", "train_rows", "test_rows", "train_cutoffs", "test_cutoffs",
+                 "fit_seconds", "mlflow_run", "mlflow_model")
+
+
+def model_figures(instance) -> dict:
+    """The registered PD model's version, decision and metrics (beside the oracle's AUC), the rows of features and
+    scores, from the latest materializations."""
+    from cardo_pipeline.defs.features.loans import LOAN_FEATURES, LOAN_OUTCOMES
+    from cardo_pipeline.defs.models.pd import PD_MODEL, PD_SCORES
+
+    def latest(key) -> dict:
+        event = instance.get_latest_materialization_event(key)
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()} if event else {}
+
+    model = latest(PD_MODEL)
+    figures = {name: model[name] for name in MODEL_FIGURES if name in model}
+    figures["feature_rows"] = latest(LOAN_FEATURES).get("dagster/row_count")
+    figures["outcome_rows"] = latest(LOAN_OUTCOMES).get("dagster/row_count")
+    scores = latest(PD_SCORES)
+    figures |= {"scored_rows": scores.get("dagster/row_count"), "mean_pd": scores.get("mean_pd"),
+                "max_psi": scores.get("max_psi"), "scored_by_version": scores.get("model_version")}
+    return figures
 
 
 def check_severities(graph) -> dict[str, str]:
@@ -315,6 +360,17 @@ def checks_by_severity(checks: list[dict]) -> dict[str, dict[str, int]]:
     return dict(sorted(counts.items()))
 
 
+def _model_line(model: dict) -> str:
+    if "model_version" not in model:
+        return "  PD model       : not trained"
+    oracle = f", oracle AUC {model['oracle_auc']:.4f} (ratio {model['auc_over_oracle']:.3f})" \
+        if "oracle_auc" in model else ""
+    return (f"  PD model       : cardo_pd v{model['model_version']} ({model['alias']}, {model['family']}): out-of-time "
+            f"AUC {model['auc']:.4f}, Gini {model['gini']:.4f}, KS {model['ks']:.4f}, Brier {model['brier']:.4f}"
+            f"{oracle}; {model.get('scored_rows') or 0:,} scores\n"
+            f"                   {model.get('mlflow_run', '')}")
+
+
 def human_summary(result: DemoResult) -> str:
     s = result.summary
     rows = ", ".join(f"{k} {v:,}" for k, v in s["source_rows"].items())
@@ -337,6 +393,7 @@ def human_summary(result: DemoResult) -> str:
             f"{name} {figures['match_rate']:.2%} matched" for name, figures in s.get("geo", {}).items()
             if isinstance(figures, dict) and "match_rate" in figures)
         + f" ({sum(s.get('geo', {}).get('postcodes_per_country', {}).values()):,} TERCET postcodes)",
+        _model_line(s.get("model") or {}),
         f"  reconciliation : {sum(r['passed'] for r in s['reconciliation'].values())} of "
         f"{len(s['reconciliation'])} passed (Kafka vs raw, Postgres vs curated, row by row)",
         f"  summary        : {result.path}",
