@@ -18,11 +18,20 @@ import polars as pl
 from cardo_pipeline.features.loan_features import CATEGORICAL, NUMERIC
 from cardo_pipeline.model.metrics import calibration_table, reference_distribution, score_metrics
 from cardo_pipeline.model.plots import calibration_png, roc_curve_png
-from cardo_pipeline.model.recipe import FeatureSpec, FittedModel, choose_best, fit_candidates, predict_pd
+from cardo_pipeline.model.recipe import (
+    FeatureSpec,
+    FittedModel,
+    candidate_models,
+    choose_best,
+    fit_candidates,
+    predict_pd,
+)
 
 TARGET = "default_12m"
 DEFAULT_TEST_CUTOFFS = 3
 MIN_TRAIN_CUTOFFS = 2
+# The family is chosen out of time too: fitted on the older training cutoffs, compared on the newest ones.
+VALIDATION_CUTOFFS = 2
 
 
 class TrainingDataError(ValueError):
@@ -70,6 +79,31 @@ def labelled_features(features: pl.DataFrame, outcomes: pl.DataFrame) -> pl.Data
                          how="inner").sort("cutoff_date", "loan_id")
 
 
+def choose_out_of_time(candidates: list[FittedModel], train: pl.DataFrame, spec: FeatureSpec, random_state: int = 0
+                       ) -> tuple[FittedModel, dict[str, float], str]:
+    """The family whose best pipeline, refitted on the older training cutoffs, ranks the newest training cutoffs
+    best (AUC). Shuffled folds mix a loan's young and old months, which favours models that rank young loans, while
+    the model scores the book after its training months: measured on the demo's book, folds chose logistic
+    regression (CV AUC 0.83 against 0.74) and it came second out of time (0.857 against 0.907) and on the test
+    cutoffs. The test cutoffs never take part. Too few cutoffs for a validation block: the folds' choice."""
+    from sklearn.base import clone
+
+    try:
+        inner = out_of_time_split(train, VALIDATION_CUTOFFS)
+    except TrainingDataError:
+        return choose_best(candidates), {}, "cross-validated AUC (too few cutoffs for an out-of-time validation)"
+    X_fit, y_fit = model_input(inner.train, spec), inner.train[TARGET].to_numpy()
+    X_val, y_val = model_input(inner.test, spec), inner.test[TARGET].to_numpy()
+    aucs = {}
+    families = candidate_models(spec, random_state)
+    for model in candidates:
+        pipeline = clone(families[model.family].pipeline).set_params(**model.best_params).fit(X_fit, y_fit)
+        aucs[model.family] = score_metrics(y_val, predict_pd(pipeline, X_val))["auc"]
+    chosen = max(candidates, key=lambda m: aucs[m.family])
+    return chosen, aucs, (f"out-of-time validation AUC on {inner.test_cutoffs[0]}..{inner.test_cutoffs[-1]}, "
+                          f"fitted on {inner.train_cutoffs[0]}..{inner.train_cutoffs[-1]}")
+
+
 @dataclass
 class TrainingResult:
     chosen: FittedModel
@@ -82,6 +116,8 @@ class TrainingResult:
     score_reference: dict  # the chosen model's scores on the training rows, binned (what PSI compares against)
     plots: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    validation_auc: dict[str, float] = field(default_factory=dict)  # family -> AUC on the validation cutoffs
+    chosen_by: str = ""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -119,7 +155,7 @@ def train_pd_model(labelled: pl.DataFrame, *, truth: pl.DataFrame | None = None,
     # Folds keep all the months of one loan together: a loan seen in training says a lot about its next month.
     candidates = fit_candidates(X_train, y_train, spec, groups=split.train["loan_id"].to_numpy(),
                                 random_state=random_state, search_max_rows=search_max_rows)
-    chosen = choose_best(candidates)
+    chosen, validation_auc, chosen_by = choose_out_of_time(candidates, split.train, spec, random_state)
     X_test, y_test = model_input(split.test, spec), split.test[TARGET].to_numpy()
     test_scores = {m.family: predict_pd(m, X_test) for m in candidates}
     test_metrics = {family: score_metrics(y_test, s) for family, s in test_scores.items()}
@@ -139,4 +175,4 @@ def train_pd_model(labelled: pl.DataFrame, *, truth: pl.DataFrame | None = None,
         chosen=chosen, candidates=candidates, split=split, spec=spec, test_metrics=test_metrics, oracle=oracle,
         calibration=calibration_table(y_test, test_scores[chosen.family]),
         score_reference=reference_distribution(predict_pd(chosen, X_train)), plots=plots,
-        seconds=time.monotonic() - started)
+        seconds=time.monotonic() - started, validation_auc=validation_auc, chosen_by=chosen_by)
