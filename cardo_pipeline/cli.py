@@ -144,6 +144,24 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    """Evaluate the PD recipe on a labelled CSV (nested cross-validation); prints the out-of-fold metrics."""
+    from cardo_pipeline.model.evaluate import EvaluationInputError, evaluate_csv
+
+    try:
+        result = evaluate_csv(args.csv, args.target, folds=args.folds, random_state=args.seed,
+                              positive=args.positive)
+    except EvaluationInputError as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("auc", "gini", "ks", "brier", "log_loss", "rows", "positives", "default_rate", "folds",
+                    "chosen_family", "dropped", "seconds"):
+            print(f"{key}: {result[key]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--months", type=int, default=24)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=_demo)
+
+    model = sub.add_parser("model", help="the probability-of-default recipe outside Dagster")
+    model.add_argument("action", choices=["evaluate"],
+                       help="evaluate: nested cross-validation of the recipe on a labelled CSV")
+    model.add_argument("--csv", required=True, help="a labelled loan table, one row per loan")
+    model.add_argument("--target", required=True, help="the outcome column (0/1, booleans, or two labels)")
+    model.add_argument("--positive", help="the target value that means default, when it cannot be told "
+                       "(1 of 0/1, bad, default, yes and true are recognised)")
+    model.add_argument("--folds", type=int, default=5, help="outer cross-validation folds")
+    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--json", action="store_true", help="print only one JSON line")
+    model.set_defaults(func=_model)
     return parser
 
 

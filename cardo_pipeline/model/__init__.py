@@ -1,0 +1,43 @@
+"""The probability-of-default model as a plain library (no Dagster): feature inference, the candidate families,
+search and calibration (`recipe`), score metrics and PSI (`metrics`), charts (`plots`) and nested cross-validation
+of any labelled table (`evaluate`). The Dagster assets and `cardo model evaluate` both build on it."""
+
+from cardo_pipeline.model.metrics import (
+    calibration_table,
+    population_stability_index,
+    psi_against,
+    reference_distribution,
+    score_bins,
+    score_metrics,
+)
+from cardo_pipeline.model.recipe import (
+    FAMILIES,
+    Candidate,
+    FeatureSpec,
+    FittedModel,
+    candidate_models,
+    choose_best,
+    fit_candidates,
+    fit_pd_model,
+    infer_feature_spec,
+    predict_pd,
+)
+
+__all__ = [
+    "FAMILIES",
+    "Candidate",
+    "FeatureSpec",
+    "FittedModel",
+    "calibration_table",
+    "candidate_models",
+    "choose_best",
+    "fit_candidates",
+    "fit_pd_model",
+    "infer_feature_spec",
+    "population_stability_index",
+    "predict_pd",
+    "psi_against",
+    "reference_distribution",
+    "score_bins",
+    "score_metrics",
+]
