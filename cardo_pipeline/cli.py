@@ -128,6 +128,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         result = bench_checks(args.rows, args.changes, seed=args.seed, chunk_rows=args.chunk_rows,
                               log=(lambda _: None) if args.json else print)
+    elif args.workload == "model":
+        from cardo_pipeline.bench.model import bench_model
+
+        result = bench_model(args.loans, args.months, args.cutoffs, seed=args.seed,
+                             log=(lambda _: None) if args.json else print)
     elif args.workload == "freshness":
         from cardo_pipeline.bench.freshness import FreshnessError, bench_freshness
 
@@ -166,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cardo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="start, stop or check the local Postgres, Kafka and Debezium")
+    stack = sub.add_parser("stack", help="start, stop or check the local Postgres, Kafka, Debezium and MLflow")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--json", action="store_true", help="status as JSON")
     stack.set_defaults(func=_stack)
@@ -202,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_ingest)
 
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON line")
-    bench.add_argument("workload", choices=["ingest", "decode", "apply", "freshness", "checks"])
+    bench.add_argument("workload", choices=["ingest", "decode", "apply", "freshness", "checks", "model"])
+    bench.add_argument("--loans", type=int, default=100_000, help="model: loans in the simulated book")
+    bench.add_argument("--months", type=int, default=37, help="model: months simulated")
+    bench.add_argument("--cutoffs", type=int, default=24, help="model: labelled monthly cutoffs trained and tested on")
     bench.add_argument("--rows", type=int, default=10_000_000, help="apply, checks: loans in the curated table")
     bench.add_argument("--changes", type=int, default=200_000, help="apply, checks: change events applied")
     bench.add_argument("--chunk-rows", type=int, default=200_000, help="checks: rows validated at a time")

@@ -63,7 +63,7 @@ def _definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, tracking
 
 
 def _upstream(graph) -> list[dg.AssetKey]:
-    keys = [reference_key("postcode_nuts3")]
+    keys = [reference_key("postcode_nuts3"), reference_key("nuts_regions")]  # the postcodes' check reads both
     for table in SOURCE_TABLES:
         keys += [raw_key(table), curated_key(table), curated_history_key(table)]
     return keys

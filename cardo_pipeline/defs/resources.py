@@ -93,7 +93,7 @@ class PdModelResource(dg.ConfigurableResource):
     registered_model: str = "cardo_pd"
     experiment: str = "cardo_pd"
     test_cutoffs: int = 3  # the newest labelled cutoffs, held out: the out-of-time test set
-    search_max_rows: int = 200_000  # rows the hyperparameter search sees (all rows are used to fit)
+    search_max_rows: int = 100_000  # rows the hyperparameter search sees (all rows are used to fit)
     # The simulator's true PDs (simulator.loan_truth in the servicing database) as the oracle to compare with;
     # production has no such table.
     oracle_from_simulator: bool = True

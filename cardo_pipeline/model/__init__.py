@@ -2,6 +2,13 @@
 search and calibration (`recipe`), score metrics and PSI (`metrics`), charts (`plots`) and nested cross-validation
 of any labelled table (`evaluate`). The Dagster assets and `cardo model evaluate` both build on it."""
 
+import os
+
+# scikit-learn's OpenMP threads (gradient boosting) spin while they wait for work; on two cores shared with other
+# processes (the stack, a second run) that turned a 14 s training into more than 10 minutes. Passive threads
+# sleep instead. Read once, when libgomp loads: before scikit-learn is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from cardo_pipeline.model.metrics import (
     calibration_table,
     population_stability_index,

@@ -28,6 +28,21 @@ class RegistryError(RuntimeError):
     """MLflow cannot be reached or holds no champion; the message says what to do."""
 
 
+TRUSTED_MODULES = ("cardo_pipeline.", "sklearn.", "numpy.")
+
+
+def skops_trusted_types(estimator) -> list[str]:
+    """The types skops (MLflow's safe sklearn format) must be told to trust to load this estimator: only ours,
+    scikit-learn's and numpy's; anything else in a model is refused rather than trusted blindly."""
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULES)]
+    if foreign:
+        raise RegistryError(f"the model holds types from outside cardo_pipeline, scikit-learn and numpy: {foreign}")
+    return sorted(untrusted)
+
+
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
@@ -155,7 +170,8 @@ def log_and_register(result: TrainingResult, tracking_uri: str, *, name: str = R
         mlflow.log_dict(result.spec.as_dict(), "feature_spec.json")
         signature = infer_signature(example, predict_pd(chosen, example))
         info = mlflow.sklearn.log_model(chosen.estimator, name="model", signature=signature, input_example=example,
-                                        registered_model_name=name, pyfunc_predict_fn="predict_proba")
+                                        registered_model_name=name, pyfunc_predict_fn="predict_proba",
+                                        skops_trusted_types=skops_trusted_types(chosen.estimator))
         version = int(info.registered_model_version)
         wins, previous_auc, decision = _judge(result, previous, tracking_uri, name)
         alias = CHAMPION if wins else CHALLENGER

@@ -147,7 +147,7 @@ def _oracle(test: pl.DataFrame, scores: np.ndarray, truth: pl.DataFrame | None) 
 
 def train_pd_model(labelled: pl.DataFrame, *, truth: pl.DataFrame | None = None, plots_dir: Path,
                    test_cutoffs: int = DEFAULT_TEST_CUTOFFS, random_state: int = 0,
-                   search_max_rows: int = 200_000) -> TrainingResult:
+                   search_max_rows: int = 100_000) -> TrainingResult:
     started = time.monotonic()
     spec = pd_feature_spec()
     split = out_of_time_split(labelled, test_cutoffs)
