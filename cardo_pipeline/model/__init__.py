@@ -8,6 +8,8 @@ import os
 # processes (the stack, a second run) that turned a 14 s training into more than 10 minutes. Passive threads
 # sleep instead. Read once, when libgomp loads: before scikit-learn is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MLflow draws a progress bar per artifact download into the run's log; the logs want lines, not bars.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from cardo_pipeline.model.metrics import (
     calibration_table,

@@ -29,6 +29,8 @@ class RegistryError(RuntimeError):
 
 
 TRUSTED_MODULES = ("cardo_pipeline.", "sklearn.", "numpy.")
+# Gradient boosting's fitted pipeline holds a partial of scikit-learn's check_array; skops lists the two apart.
+TRUSTED_TYPES = ("functools.partial",)
 
 
 def skops_trusted_types(estimator) -> list[str]:
@@ -37,7 +39,7 @@ def skops_trusted_types(estimator) -> list[str]:
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULES)]
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_MODULES) and t not in TRUSTED_TYPES]
     if foreign:
         raise RegistryError(f"the model holds types from outside cardo_pipeline, scikit-learn and numpy: {foreign}")
     return sorted(untrusted)
