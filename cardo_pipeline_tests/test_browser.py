@@ -176,33 +176,27 @@ BROWSER_CHECK_MODEL = "cardo_pd_browser_check"  # not "cardo_pd": the model test
 
 
 @pytest.fixture
-def registered_champion_model(mlflow_tracking_uri: str) -> tuple[str, str]:
-    """A tiny model registered on the test stack's MLflow server, its latest version aliased `champion`."""
-    import mlflow
-    import numpy as np
-    import sklearn
-    from mlflow import MlflowClient
-    from sklearn.linear_model import LogisticRegression
+def registered_champion_model(mlflow_tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """The PD model as the pipeline trains and registers it (features of a small simulated book, both families,
+    the registry's champion rule), on the test stack's MLflow server under a name of its own."""
+    from datetime import date
 
-    features = np.array([[0.0, 1.0], [1.0, 0.5], [2.0, 0.2], [3.0, 0.1]])
-    model = LogisticRegression().fit(features, np.array([0, 0, 1, 1]))
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_tracking_uri)  # log_model works through the fluent API's active run
-    try:
-        mlflow.set_experiment("cardo_browser_check")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                registered_model_name=BROWSER_CHECK_MODEL,
-                # Given, not inferred: inference imports the model in a subprocess and takes ~10 s.
-                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
-    MlflowClient(tracking_uri=mlflow_tracking_uri).set_registered_model_alias(
-        BROWSER_CHECK_MODEL, "champion", info.registered_model_version
-    )
+    from cardo_pipeline.features.loan_features import KnownHistories, cutoffs_known, loan_features
+    from cardo_pipeline.features.outcomes import default_outcomes
+    from cardo_pipeline.geo.postcodes import postcode_nuts3
+    from cardo_pipeline.model.registry import log_and_register
+    from cardo_pipeline.model.training import labelled_features, train_pd_model
+    from cardo_pipeline.simulator.history import simulated_histories
+
+    book = simulated_histories(loans=800, months=20, seed=3)
+    known = KnownHistories.from_histories(book.histories)
+    cutoffs = cutoffs_known(known, date(2024, 1, 1))
+    postcodes = postcode_nuts3().select("country_code", "postcode", "nuts3_code")
+    labelled = labelled_features(loan_features(known, postcodes, cutoffs), default_outcomes(known, cutoffs))
+    result = train_pd_model(labelled, truth=book.truth, plots_dir=tmp_path_factory.mktemp("plots"), test_cutoffs=2)
+    registration = log_and_register(result, mlflow_tracking_uri, name=BROWSER_CHECK_MODEL,
+                                    experiment=BROWSER_CHECK_MODEL)
+    assert registration.alias == "champion", registration.decision
     return mlflow_tracking_uri, BROWSER_CHECK_MODEL
 
 

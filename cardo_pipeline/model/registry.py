@@ -45,6 +45,14 @@ def skops_trusted_types(estimator) -> list[str]:
     return sorted(untrusted)
 
 
+def pip_requirements() -> list[str]:
+    """What loading the model needs, stated: MLflow's inference imports the model in a subprocess (~10 s a run).
+    The pipeline's own classes (`FrequentLevels`) come with the cardo_pipeline package, installed wherever it scores."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "cardo-pipeline")]
+
+
 def _client(tracking_uri: str):
     from mlflow import MlflowClient
 
@@ -173,7 +181,8 @@ def log_and_register(result: TrainingResult, tracking_uri: str, *, name: str = R
         signature = infer_signature(example, predict_pd(chosen, example))
         info = mlflow.sklearn.log_model(chosen.estimator, name="model", signature=signature, input_example=example,
                                         registered_model_name=name, pyfunc_predict_fn="predict_proba",
-                                        skops_trusted_types=skops_trusted_types(chosen.estimator))
+                                        skops_trusted_types=skops_trusted_types(chosen.estimator),
+                                        pip_requirements=pip_requirements())
         version = int(info.registered_model_version)
         wins, previous_auc, decision = _judge(result, previous, tracking_uri, name)
         alias = CHAMPION if wins else CHALLENGER
