@@ -5,7 +5,7 @@ registered in the stack's MLflow server as champion, a retrained one as challeng
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -162,3 +162,18 @@ def test_features_model_and_scores_in_dagster_runs(kafka_bootstrap: str, servici
         assert client.get_model_version_by_alias(model_name, "champion").version == "1"
         assert client.get_model_version_by_alias(model_name, "challenger").version == "2"
         assert meta(checks_of(again)[("models/pd_model", "auc_near_the_oracle")])["note"].startswith("no oracle")
+
+
+def test_the_oracle_comes_from_the_simulators_truth_and_is_absent_without_it(servicing_dsn: str) -> None:
+    import psycopg
+
+    from cardo_pipeline.defs.models.pd import simulator_truth
+
+    cutoff, loan_id = date(2031, 1, 31), 987_654_321  # far from any simulated book's loans and dates
+    with psycopg.connect(servicing_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO simulator.loan_truth VALUES (%s, %s, %s) ON CONFLICT (loan_id, as_of_date) "
+                     "DO UPDATE SET pd_12m = EXCLUDED.pd_12m", (loan_id, cutoff, 0.25))
+    truth = simulator_truth(ServicingDatabase(dsn=servicing_dsn), [cutoff])
+    assert truth.filter(pl.col("loan_id") == loan_id).rows() == [(loan_id, cutoff, 0.25)]
+    unreachable = ServicingDatabase(dsn="host=127.0.0.1 port=9 dbname=servicing user=cardo connect_timeout=1")
+    assert simulator_truth(unreachable, [cutoff]) is None  # production: no simulator, no oracle
