@@ -115,7 +115,7 @@ def test_reference_and_enriched_assets_in_a_dagster_run(kafka_bootstrap: str, se
     defs = definitions(tmp_path, kafka_bootstrap, prefix, servicing_dsn, reconcile_with_source=False)
     graph = defs.resolve_asset_graph()
     selection = [k for k in graph.get_all_asset_keys() if graph.get(k).is_executable and (
-        k.path[0] in ("raw", "reference", "features") or k.path[0] == "curated" and k.path[-1] in (
+        k.path[0] in ("raw", "reference") or k.path[-1].endswith("_geo") or k.path[0] == "curated" and k.path[-1] in (
             "borrowers", "collaterals", "borrowers_history", "collaterals_history"))
         and k.path[-1] != "_dead_letter"]
     with dg.instance_for_test() as instance:

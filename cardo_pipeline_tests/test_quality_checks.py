@@ -23,6 +23,7 @@ from cardo_pipeline.defs.resources import (
     IcebergResource,
     KafkaResource,
     LakeResource,
+    PdModelResource,
     QualityResource,
     ServicingDatabase,
 )
@@ -48,6 +49,7 @@ def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, **quality
                                    warehouse=str(tmp_path / "warehouse")),
         "servicing_db": ServicingDatabase(dsn=dsn),
         "quality": QualityResource(**quality),
+        "pd_settings": PdModelResource(oracle_from_simulator=False),  # the model's assets are not run here
     })
 
 

@@ -63,14 +63,15 @@ def partition_of(cutoff: date) -> str:
 
 
 def read_known_histories(lake: LakeResource) -> KnownHistories:
+    from cardo_pipeline.ingest.delta_log import load_table
+
     histories = {}
     for name in HISTORY_COLUMNS:
         uri = lake.table(TABLES_BY_NAME[name].layout.history)
-        try:
-            histories[name] = pl.scan_delta(uri)
-        except Exception as exc:  # noqa: BLE001 - delta-rs raises several kinds for a missing table
-            raise dg.Failure(f"curated/{name}_history cannot be read at {uri} ({exc.__class__.__name__}): "
-                             "materialize the curated group first") from exc
+        if load_table(uri) is None:
+            raise dg.Failure(f"curated/{name}_history does not exist yet ({uri}): materialize the curated group "
+                             "first")
+        histories[name] = pl.scan_delta(uri)
     return KnownHistories.from_histories(histories)
 
 
