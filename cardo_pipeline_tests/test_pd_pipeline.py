@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
 from cardo_pipeline.curate.merge_on_read import read_live
@@ -33,7 +34,9 @@ from cardo_pipeline.defs.resources import (
     QualityResource,
     ServicingDatabase,
 )
+from cardo_pipeline.features.loan_features import KnownHistories, features_at
 from cardo_pipeline.simulator.changes import RowChange, Transaction
+from cardo_pipeline.simulator.history import simulated_histories
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 from cardo_pipeline_tests.raw_helpers import fresh_prefix, produce_book, produce_raw
 from cardo_pipeline_tests.test_quality_checks import checks_of, meta
@@ -132,6 +135,11 @@ def test_features_model_and_scores_in_dagster_runs(kafka_bootstrap: str, servici
         # were; the curated tables did take it.
         cutoff = cutoff_of(months[-6])
         before = _features(lake, cutoff)
+        # The same book simulated in memory (what `cardo bench model` trains on) gives the same features as the
+        # CDC path through Kafka, raw and curated.
+        simulated = KnownHistories.from_histories(simulated_histories(loans=1500, months=20, seed=5).histories)
+        postcodes = pl.read_delta(str(lake / "reference" / "postcode_nuts3"))
+        assert_frame_equal(features_at(simulated, postcodes, cutoff), before, check_exact=False)
         victims = before["loan_id"].head(3).to_list()
         current = read_live(str(lake / "curated" / "loans"), columns=LOANS.column_names).filter(
             pl.col("loan_id").is_in(victims)).sort("loan_id")

@@ -148,8 +148,11 @@ def _payment_behaviour(payments: pl.DataFrame, cutoff: date) -> pl.DataFrame:
     """Per loan: instalments due in the last 3, 6 and 12 months not paid on time, and paid over due in 12 months,
     as the payment rows stood at the cutoff."""
     earliest = months_before(cutoff, max(WINDOWS_MONTHS))
-    due = payments.filter((pl.col("due_date") > earliest) & (pl.col("due_date") <= cutoff))
-    known = as_of(due.lazy(), "payment_id", cutoff_end(cutoff)).collect()
+    # A delete's version holds the key only (curated histories keep no image for it): pick the payments by their
+    # rows' due dates, then read every version of them, deletes included.
+    due = payments.filter((pl.col("due_date") > earliest) & (pl.col("due_date") <= cutoff)).select("payment_id")
+    versions = payments.join(due.unique(), on="payment_id", how="semi")
+    known = as_of(versions.lazy(), "payment_id", cutoff_end(cutoff)).collect()
     late = pl.col("status").is_in(NOT_PAID_ON_TIME)
     return known.group_by("loan_id").agg(
         *((late & (pl.col("due_date") > months_before(cutoff, m))).sum().cast(pl.Int32).alias(f"missed_payments_{m}m")
