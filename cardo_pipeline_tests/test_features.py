@@ -171,3 +171,33 @@ def test_a_broken_feature_row_fails_the_model(book, postcodes) -> None:
                                 .alias("max_dpd_12m"))
     report = validate(loan_features_model(), LazySource(broken.lazy()))
     assert not report.passed and report.failing_rows == 1
+
+
+def test_the_monthly_schedule_runs_the_month_just_ended_once_the_data_has_passed_it(book, tmp_path) -> None:
+    import dagster as dg
+
+    from cardo_pipeline.definitions import defs
+    from cardo_pipeline.defs.features.loans import cutoff_partitions
+    from cardo_pipeline.defs.models.pd import MONTHLY_SCHEDULE
+    from cardo_pipeline.defs.resources import LakeResource
+
+    _, _, histories = book  # 16 months from January 2024: the source clock ends on 30 April 2025
+    location = defs()
+    schedule = location.resolve_schedule_def(MONTHLY_SCHEDULE)
+    lake = LakeResource(root=str(tmp_path))
+
+    def tick(when: datetime):
+        context = dg.build_schedule_context(scheduled_execution_time=when, resources={"lake": lake},
+                                            repository_def=location.get_repository_def())
+        return schedule.evaluate_tick(context)
+
+    empty = tick(datetime(2024, 6, 2, 4, tzinfo=UTC))
+    assert not empty.run_requests and "materialize the curated group first" in empty.skip_message
+    for name, frame in histories.items():
+        frame.collect().write_delta(str(tmp_path / "curated" / f"{name}_history"))
+    june = tick(datetime(2024, 6, 2, 4, tzinfo=UTC))
+    assert [(r.partition_key, r.run_key) for r in june.run_requests] == [("2024-05-01", "2024-05-01")]
+    late = tick(datetime(2025, 5, 2, 4, tzinfo=UTC))  # April 2025's end is the book's last instant: not passed
+    assert not late.run_requests and "has not reached the cutoff 2025-04-30" in late.skip_message
+    assert "the last it has passed is 2025-03-31" in late.skip_message
+    assert cutoff_partitions().get_first_partition_key() == "2024-01-01"

@@ -4,13 +4,20 @@ champion's PD of every active loan at every cutoff). Glue around `cardo_pipeline
 
 import base64
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import psycopg
 
-from cardo_pipeline.defs.features.loans import LOAN_FEATURES, LOAN_OUTCOMES, cutoff_of, write_cutoffs
+from cardo_pipeline.defs.features.loans import (
+    LOAN_FEATURES,
+    LOAN_OUTCOMES,
+    cutoff_of,
+    known_cutoff_partitions,
+    write_cutoffs,
+)
 from cardo_pipeline.defs.groups import MODELS
 from cardo_pipeline.defs.keys import model_key
 from cardo_pipeline.defs.quality.pandera_checks import markdown_table, pandera_asset_check
@@ -127,6 +134,35 @@ def auc_near_the_oracle(context: dg.AssetCheckExecutionContext, pd_settings: PdM
                                          "ratio": round(ratio, 4), "threshold": pd_settings.oracle_min_ratio})
 
 
+MONTHLY_SCHEDULE = "monthly_features_and_scores_schedule"
+
+
+def build_monthly_schedule(job, cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.ScheduleDefinition:
+    first = cutoffs_def.get_first_partition_key()
+
+    @dg.schedule(name=MONTHLY_SCHEDULE, job=job, cron_schedule="0 4 2 * *", execution_timezone="UTC",
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description="On the 2nd of each month: the month just ended (features, outcomes known so far, "
+                             "scores). Skips, saying why, while the servicing data has not reached the month's end "
+                             "(a source that stopped, or a simulated book that ends earlier).")
+    def monthly_schedule(context: dg.ScheduleEvaluationContext, lake: LakeResource):
+        scheduled = context.scheduled_execution_time.date()
+        partition = (scheduled.replace(day=1) - timedelta(days=1)).replace(day=1).isoformat()
+        if partition < first:
+            return dg.SkipReason(f"no whole month since the first cutoff's ({first}) yet")
+        try:
+            known = known_cutoff_partitions(lake, cutoffs_def)
+        except dg.Failure as exc:
+            return dg.SkipReason(str(exc))
+        if partition not in known:
+            last = f"the last it has passed is {cutoff_of(known[-1])}" if known else "it has passed none"
+            return dg.SkipReason(f"the servicing data has not reached the cutoff {cutoff_of(partition)} ({last}): "
+                                 "nothing to build yet")
+        return dg.RunRequest(run_key=partition, partition_key=partition)
+
+    return monthly_schedule
+
+
 def build_pd_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions:
     @dg.asset(
         key=PD_SCORES, group_name=MODELS, kinds={"delta", "mlflow"}, partitions_def=cutoffs_def,
@@ -190,9 +226,7 @@ def build_pd_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions
         assets=[pd_model_asset, pd_scores], asset_checks=[auc_near_the_oracle, scores_stable, scores_schema],
         jobs=[retrain, monthly],
         schedules=[
-            dg.build_schedule_from_partitioned_job(monthly, hour_of_day=4, day_of_month=2,
-                                                   default_status=dg.DefaultScheduleStatus.RUNNING,
-                                                   name="monthly_features_and_scores_schedule"),
+            build_monthly_schedule(monthly, cutoffs_def),
             dg.ScheduleDefinition(name="retrain_pd_model_weekly", job=retrain, cron_schedule="0 5 * * 1",
                                   default_status=dg.DefaultScheduleStatus.STOPPED,
                                   description="Weekly retraining; off by default (turn it on in the UI)."),
