@@ -16,7 +16,6 @@ from polars.testing import assert_frame_equal
 
 from cardo_pipeline.cdc.encode import EnvelopeEncoder
 from cardo_pipeline.curate.merge_on_read import read_live
-from cardo_pipeline.definitions import defs
 from cardo_pipeline.defs.features.loans import (
     LOAN_FEATURES,
     LOAN_OUTCOMES,
@@ -27,11 +26,8 @@ from cardo_pipeline.defs.features.loans import (
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, raw_key, reference_key
 from cardo_pipeline.defs.models.pd import PD_MODEL, PD_SCORES
 from cardo_pipeline.defs.resources import (
-    IcebergResource,
-    KafkaResource,
     LakeResource,
     PdModelResource,
-    QualityResource,
     ServicingDatabase,
 )
 from cardo_pipeline.features.loan_features import KnownHistories, features_at
@@ -39,7 +35,7 @@ from cardo_pipeline.simulator.changes import RowChange, Transaction
 from cardo_pipeline.simulator.history import simulated_histories
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 from cardo_pipeline_tests.raw_helpers import fresh_prefix, produce_book, produce_raw
-from cardo_pipeline_tests.test_quality_checks import checks_of, meta
+from cardo_pipeline_tests.test_quality_checks import checks_of, definitions, meta
 
 pytestmark = pytest.mark.stack
 LOANS = TABLES_BY_NAME["loans"]
@@ -48,21 +44,11 @@ MODELLING = [LOAN_FEATURES, LOAN_OUTCOMES, PD_MODEL, PD_SCORES]
 
 def _definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, tracking_uri: str,
                  model_name: str) -> dg.Definitions:
-    location = defs()
-    return dg.Definitions(
-        assets=location.assets, asset_checks=location.asset_checks, jobs=location.jobs, executor=location.executor,
-        resources={
-            "kafka": KafkaResource(bootstrap_servers=bootstrap, topic_prefix=prefix),
-            "lake": LakeResource(root=str(tmp_path / "lake")),
-            "iceberg": IcebergResource(catalog_uri=f"sqlite:///{tmp_path}/catalog.db",
-                                       warehouse=str(tmp_path / "warehouse")),
-            "servicing_db": ServicingDatabase(dsn=dsn),
-            "quality": QualityResource(reconcile_with_source=False),
-            # The book goes straight to Kafka, so the servicing database holds no truth for it: no oracle here
-            # (the demo and `cardo bench model` measure against it).
-            "pd_settings": PdModelResource(tracking_uri=tracking_uri, registered_model=model_name,
-                                           experiment=model_name, test_cutoffs=2, oracle_from_simulator=False),
-        })
+    # The book goes straight to Kafka, so the servicing database holds no truth for it: no oracle here (the demo
+    # and `cardo bench model` measure against it).
+    return definitions(tmp_path, bootstrap, prefix, dsn, reconcile_with_source=False, pd_settings=PdModelResource(
+        tracking_uri=tracking_uri, registered_model=model_name, experiment=model_name, test_cutoffs=2,
+        oracle_from_simulator=False))
 
 
 def _upstream(graph) -> list[dg.AssetKey]:

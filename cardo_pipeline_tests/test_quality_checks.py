@@ -36,8 +36,10 @@ pytestmark = pytest.mark.stack
 LOANS = TABLES_BY_NAME["loans"]
 
 
-def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, **quality) -> dg.Definitions:
-    """The real code location's assets and checks, with resources pointing at this test's topics and lake."""
+def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, pd_settings: PdModelResource | None = None,
+                **quality) -> dg.Definitions:
+    """The real code location's assets and checks, with resources pointing at this test's topics and lake (and,
+    for tests that run the PD model, at their own MLflow model name)."""
     code_location = defs()
     return dg.Definitions(
         assets=code_location.assets, asset_checks=code_location.asset_checks, jobs=code_location.jobs,
@@ -49,7 +51,7 @@ def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, **quality
                                    warehouse=str(tmp_path / "warehouse")),
         "servicing_db": ServicingDatabase(dsn=dsn),
         "quality": QualityResource(**quality),
-        "pd_settings": PdModelResource(oracle_from_simulator=False),  # the model's assets are not run here
+        "pd_settings": pd_settings or PdModelResource(oracle_from_simulator=False),
     })
 
 

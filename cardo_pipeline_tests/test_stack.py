@@ -85,27 +85,17 @@ def test_schema_matches_the_table_registry_and_migrations_apply_once(stack: Stac
         assert storage == "e"  # external: long notes are TOASTed uncompressed, as the CDC contract expects
 
 
-def test_a_busy_port_gives_one_clear_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("variable", "service"), [("CARDO_KAFKA_PORT", Kafka), ("CARDO_MLFLOW_PORT", MlflowServer)])
+def test_a_busy_port_gives_one_clear_line(tmp_path: Path, variable: str, service) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        settings = CardoSettings.from_env({"CARDO_HOME": str(tmp_path), "CARDO_KAFKA_PORT": str(port)})
-        with pytest.raises(StackError, match=rf"port {port} is in use .* CARDO_KAFKA_PORT") as info:
-            Kafka(settings).start()
+        settings = CardoSettings.from_env({"CARDO_HOME": str(tmp_path), variable: str(port)})
+        with pytest.raises(StackError, match=rf"port {port} is in use .* {variable}") as info:
+            service(settings).start()
         assert "\n" not in str(info.value)
-
-
-def test_a_busy_mlflow_port_gives_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
-        settings = CardoSettings.from_env({"CARDO_HOME": str(tmp_path), "CARDO_MLFLOW_PORT": str(port)})
-        with pytest.raises(StackError, match=rf"port {port} is in use .* CARDO_MLFLOW_PORT") as info:
-            MlflowServer(settings).start()
-        assert "\n" not in str(info.value)
-        assert not MlflowServer(settings).process.pid_file.exists()  # nothing was started
+        assert not service(settings).process.pid_file.exists()  # nothing was started
 
 
 def test_missing_java_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,7 +73,8 @@ def months_before(cutoff: date, months: int) -> date:
 
 @dataclass(frozen=True)
 class KnownHistories:
-    """The four histories, each version with `known_at`, narrowed to what the features read."""
+    """The four histories, each version with `known_at`, narrowed to what the features read; loan versions also
+    with `_next_known_at`."""
 
     loans: pl.DataFrame
     borrowers: pl.DataFrame
@@ -91,7 +92,8 @@ class KnownHistories:
         narrowed = {name: histories[name].select(*columns, *VERSION).with_columns(
             pl.col(pl.Decimal).cast(pl.Float64)) for name, columns in HISTORY_COLUMNS.items()}
         clock = source_clock(narrowed.values())
-        return cls(**{name: with_known_at(frame, clock).collect() for name, frame in narrowed.items()})
+        known = {name: with_known_at(frame, clock).collect() for name, frame in narrowed.items()}
+        return cls(**known | {"loans": _with_next_known_at(known["loans"])})
 
 
 def _months_between(start: pl.Expr, end: date) -> pl.Expr:
@@ -123,6 +125,8 @@ def _window_overlap(versions: pl.DataFrame, start: datetime, end: datetime) -> p
 
 
 def _with_next_known_at(loans: pl.DataFrame) -> pl.DataFrame:
+    """Each loan version with the time its successor became known (null for the last): when it stopped being
+    current, for the windows of days past due and the regions' defaults, whatever the cutoff."""
     ordered = loans.sort("loan_id", LSN, OFFSET)
     return ordered.with_columns(pl.col(KNOWN_AT).shift(-1).over("loan_id").alias("_next_known_at"))
 
@@ -178,7 +182,7 @@ def _collateral_values(collaterals: pl.DataFrame, cutoff: date) -> pl.DataFrame:
 def features_at(known: KnownHistories, postcodes: pl.DataFrame, cutoff: date) -> pl.DataFrame:
     """The feature rows of the loans active at the end of `cutoff`."""
     end = cutoff_end(cutoff)
-    loans = _with_next_known_at(known.loans)
+    loans = known.loans
     active = as_of(loans.lazy(), "loan_id", end).filter(pl.col("status") == "active").collect()
     borrowers = as_of(known.borrowers.lazy(), "borrower_id", end).collect()
     regions = _postcode_regions(borrowers, postcodes)

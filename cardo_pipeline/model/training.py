@@ -128,21 +128,26 @@ class TrainingResult:
         return chosen
 
 
-def _oracle(test: pl.DataFrame, scores: np.ndarray, truth: pl.DataFrame | None) -> dict | None:
-    """The true PDs' AUC on the test loans that have one, and the model's on the very same loans."""
+def _true_pds(test: pl.DataFrame, truth: pl.DataFrame | None) -> pl.Series | None:
+    """The simulator's true PD of each test row, in the test's order (null where it has none); None without truth."""
     if truth is None or truth.is_empty():
         return None
-    joined = test.select("loan_id", "cutoff_date", TARGET).with_columns(pl.Series("score", scores)).join(
+    return test.select("loan_id", "cutoff_date").join(
         truth.rename({"as_of_date": "cutoff_date"}).select("loan_id", "cutoff_date", "pd_12m"),
-        on=["loan_id", "cutoff_date"], how="left")
-    known = joined.filter(pl.col("pd_12m").is_not_null())
-    if known.height == 0 or known[TARGET].n_unique() < 2:
+        on=["loan_id", "cutoff_date"], how="left", maintain_order="left")["pd_12m"]
+
+
+def _oracle(y: np.ndarray, scores: np.ndarray, true_pds: pl.Series | None) -> dict | None:
+    """The true PDs' AUC on the test loans that have one, and the model's on the very same loans."""
+    if true_pds is None:
         return None
-    y = known[TARGET].to_numpy()
-    oracle_auc = score_metrics(y, known["pd_12m"].to_numpy())["auc"]
-    model_auc = score_metrics(y, known["score"].to_numpy())["auc"]
+    has_truth = true_pds.is_not_null().to_numpy()
+    if not has_truth.any() or len(np.unique(y[has_truth])) < 2:
+        return None
+    oracle_auc = score_metrics(y[has_truth], true_pds.to_numpy()[has_truth])["auc"]
+    model_auc = score_metrics(y[has_truth], scores[has_truth])["auc"]
     return {"oracle_auc": oracle_auc, "auc_on_oracle_rows": model_auc, "auc_over_oracle": model_auc / oracle_auc,
-            "oracle_coverage": known.height / joined.height, "oracle_rows": known.height}
+            "oracle_coverage": float(has_truth.mean()), "oracle_rows": int(has_truth.sum())}
 
 
 def train_pd_model(labelled: pl.DataFrame, *, truth: pl.DataFrame | None = None, plots_dir: Path,
@@ -159,14 +164,12 @@ def train_pd_model(labelled: pl.DataFrame, *, truth: pl.DataFrame | None = None,
     X_test, y_test = model_input(split.test, spec), split.test[TARGET].to_numpy()
     test_scores = {m.family: predict_pd(m, X_test) for m in candidates}
     test_metrics = {family: score_metrics(y_test, s) for family, s in test_scores.items()}
-    oracle = _oracle(split.test, test_scores[chosen.family], truth)
+    true_pds = _true_pds(split.test, truth)
+    oracle = _oracle(y_test, np.asarray(test_scores[chosen.family]), true_pds)
 
     curves = dict(test_scores)
-    if oracle:  # the oracle curve over the rows it knows; identical to the test set when coverage is 1
-        truth_scores = split.test.join(truth.rename({"as_of_date": "cutoff_date"}), on=["loan_id", "cutoff_date"],
-                                       how="left")["pd_12m"]
-        if truth_scores.null_count() == 0:
-            curves["oracle (true PD)"] = truth_scores.to_numpy()
+    if oracle and true_pds.null_count() == 0:  # the oracle's curve, when it knows every test row
+        curves["oracle (true PD)"] = true_pds.to_numpy()
     plots_dir.mkdir(parents=True, exist_ok=True)
     plots = {"roc": roc_curve_png(y_test, curves, plots_dir / "roc.png"),
              "calibration": calibration_png(y_test, {chosen.family: test_scores[chosen.family]},

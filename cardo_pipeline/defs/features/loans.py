@@ -3,7 +3,7 @@ target): glue around `cardo_pipeline.features`. A month's partition holds the lo
 as known then; its outcome becomes known 12 months later, so outcomes are one table rebuilt whole."""
 
 
-from datetime import date, datetime
+from datetime import date
 
 import dagster as dg
 import polars as pl
@@ -13,12 +13,12 @@ from cardo_pipeline.defs.keys import curated_history_key, features_key, referenc
 from cardo_pipeline.defs.quality.pandera_checks import markdown_table, pandera_asset_check
 from cardo_pipeline.defs.reference.assets import POSTCODES
 from cardo_pipeline.defs.resources import LakeResource
-from cardo_pipeline.features.clock import cutoff_end
 from cardo_pipeline.features.loan_features import (
     FEATURE_COLUMNS,
     HISTORY_COLUMNS,
     KnownHistories,
     cutoffs_between,
+    cutoffs_known,
     loan_features,
     month_end,
 )
@@ -90,10 +90,6 @@ def write_cutoffs(frame: pl.DataFrame, uri: str, cutoffs: list[date]) -> int:
     return DeltaTable(uri).version()
 
 
-def _not_yet_known(cutoffs: list[date], known_through: datetime | None) -> list[date]:
-    return [c for c in cutoffs if known_through is None or cutoff_end(c) > known_through]
-
-
 def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions:
     start = cutoff_of(cutoffs_def.get_first_partition_key())
 
@@ -112,12 +108,13 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
     def loan_features_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
         known = read_known_histories(lake)
-        late = _not_yet_known(cutoffs, known.known_through)
+        passed = cutoffs_known(known, start)
+        late = [c for c in cutoffs if c not in passed]
         if late:
             raise dg.Failure(
                 f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
                 f"{known.known_through}): their features cannot be known yet. Materialize cutoffs up to "
-                f"{_last_known(known, start)}.")
+                f"{passed[-1] if passed else None}.")
         postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
                                   columns=["country_code", "postcode", "nuts3_code"])
         frame = loan_features(known, postcodes, cutoffs)
@@ -167,16 +164,7 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
     return dg.Definitions(assets=[loan_features_asset, loan_default_outcomes_asset], asset_checks=checks)
 
 
-def _last_known(known: KnownHistories, start: date) -> date | None:
-    through = known.known_through
-    if through is None:
-        return None
-    known_cutoffs = [c for c in cutoffs_between(start, through.date()) if cutoff_end(c) <= through]
-    return known_cutoffs[-1] if known_cutoffs else None
-
-
 def known_cutoff_partitions(lake: LakeResource, cutoffs_def: dg.MonthlyPartitionsDefinition) -> list[str]:
     """The partitions whose cutoff the servicing data has passed (what `make demo` materializes)."""
     start = cutoff_of(cutoffs_def.get_first_partition_key())
-    last = _last_known(read_known_histories(lake), start)
-    return [] if last is None else [partition_of(c) for c in cutoffs_between(start, last)]
+    return [partition_of(c) for c in cutoffs_known(read_known_histories(lake), start)]
