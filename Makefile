@@ -31,7 +31,7 @@ test: deps venv
 
 ## test-fast: unit and property tests only, no services
 test-fast: venv
-	$(BIN)/pytest -m "not stack and not browser" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not stack and not browser and not spark" $(PYTEST_ARGS)
 
 ## deps: Debian packages the stack needs (Postgres, Chromium for the browser test); Java and Maven are checked
 deps:

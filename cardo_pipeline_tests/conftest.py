@@ -68,6 +68,16 @@ def mlflow_tracking_uri(stack: Stack) -> str:
     return stack.settings.mlflow_tracking_uri
 
 
+@pytest.fixture(scope="session")
+def spark(cardo_settings: CardoSettings):
+    """One local Spark session (local[2]) for the whole test session: a JVM start costs about 10 s."""
+    from cardo_pipeline.spark.session import SparkSettings, spark_session, stop_spark
+
+    session = spark_session(cardo_settings, SparkSettings())
+    yield session
+    stop_spark()
+
+
 @pytest.fixture(scope="module", params=["native", "python"])
 def decoder_path(request):
     """Run a decoder test module on both paths: the Rust crate's fast path and the pure Python one."""
