@@ -117,12 +117,13 @@ def _bench(args: argparse.Namespace) -> int:
         from cardo_pipeline.bench.ingest import bench_ingest
 
         log = (lambda _: None) if args.json else print
-        result = bench_ingest(args.events, seed=args.seed, log=log, workers=args.workers,
+        result = bench_ingest(args.events, seed=args.seed, log=log, workers=args.workers, engine=args.engine,
                               **({"batch": args.batch} if args.batch else {}))
     elif args.workload == "apply":
         from cardo_pipeline.bench.apply import bench_apply
 
-        result = bench_apply(args.rows, args.changes, seed=args.seed, log=(lambda _: None) if args.json else print)
+        result = bench_apply(args.rows, args.changes, seed=args.seed, log=(lambda _: None) if args.json else print,
+                             engine=args.engine)
     elif args.workload == "checks":
         from cardo_pipeline.bench.checks import bench_checks
 
@@ -220,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--batch", type=int, help="messages per raw commit (default 10,000)")
     bench.add_argument("--workers", type=int, help="ingest worker processes (default: one more than the cores)")
+    bench.add_argument("--engine", choices=["local", "spark"], default="local",
+                       help="apply, ingest: spark also runs the Spark engine on the same data, beside the local one")
     bench.add_argument("--json", action="store_true", help="print only the JSON line")
     bench.set_defaults(func=_bench)
 

@@ -20,6 +20,7 @@ from cardo_pipeline.defs.curated.checks import RECONCILE_CHECK
 from cardo_pipeline.defs.keys import curated_key, iceberg_key, raw_key
 from cardo_pipeline.defs.raw.checks import KAFKA_LAG_CHECK, NEW_DEAD_LETTERS_CHECK
 from cardo_pipeline.defs.resources import (
+    EngineResource,
     IcebergResource,
     KafkaResource,
     LakeResource,
@@ -37,7 +38,7 @@ LOANS = TABLES_BY_NAME["loans"]
 
 
 def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, pd_settings: PdModelResource | None = None,
-                **quality) -> dg.Definitions:
+                engine: EngineResource | None = None, **quality) -> dg.Definitions:
     """The real code location's assets and checks, with resources pointing at this test's topics and lake (and,
     for tests that run the PD model, at their own MLflow model name)."""
     code_location = defs()
@@ -52,6 +53,7 @@ def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, pd_settin
         "servicing_db": ServicingDatabase(dsn=dsn),
         "quality": QualityResource(**quality),
         "pd_settings": pd_settings or PdModelResource(oracle_from_simulator=False),
+        "engine": engine or EngineResource(),
     })
 
 

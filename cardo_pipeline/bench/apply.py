@@ -295,7 +295,27 @@ def _settle() -> None:
     os.sync()
 
 
-def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:
+def _timed_apply(engine: str, locations: CuratedLocations):
+    """(report, seconds) of one apply of everything raw holds, by `engine`; Spark's session is started before the
+    clock (a long-running code location or cluster keeps it)."""
+    if engine == "spark":
+        from cardo_pipeline.spark.apply import apply_with_spark
+        from cardo_pipeline.spark.session import spark_session
+
+        spark = spark_session()
+        _settle()
+        started = time.perf_counter()
+        report = apply_with_spark(spark, LOANS, locations)
+        return report, time.perf_counter() - started
+    _settle()
+    started = time.perf_counter()
+    report = CuratedStore(LOANS, locations).apply()
+    return report, time.perf_counter() - started
+
+
+def bench_apply(rows: int, changes: int, seed: int = 7, log=print, engine: str = "local") -> dict:
+    """The local engine's apply, its naive baseline and the Iceberg mirror; with `engine="spark"`, the Spark
+    engine's apply too, on a copy of the same lake (book, raw events), both verified against the oracle."""
     lake = Path(tempfile.mkdtemp(prefix="cardo-bench-apply-"))
     try:
         with PeakTreeRss() as rss:
@@ -309,15 +329,18 @@ def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:
             for start in range(0, events.num_rows, RAW_BATCH):
                 batch = events.slice(start, RAW_BATCH)
                 raw.append(batch, TOPIC, {0: start + batch.num_rows}, {})
+            spark_locations = None
+            if engine == "spark":  # the same book and events, before anything is applied
+                spark_lake = lake / "spark-engine"
+                for name in ("raw", "curated"):
+                    shutil.copytree(lake / name, spark_lake / name)
+                spark_locations = CuratedLocations.in_lake(str(spark_lake), LOANS)
             catalog = sql_catalog(f"sqlite:///{lake}/iceberg/catalog.db", lake / "iceberg" / "warehouse")
             mirror = IcebergMirror(catalog, "curated.loans", locations.current, LOANS, current_schema(LOANS))
             mirror.sync()  # the first copy, not measured
 
             log("applying")
-            _settle()
-            started = time.perf_counter()
-            report = CuratedStore(LOANS, locations).apply()
-            apply_seconds = time.perf_counter() - started
+            report, apply_seconds = _timed_apply("local", locations)
             log("mirroring into Iceberg")
             _settle()
             started = time.perf_counter()
@@ -329,13 +352,34 @@ def bench_apply(rows: int, changes: int, seed: int = 7, log=print) -> dict:
             naive_merge(naive, events)
             naive_seconds = time.perf_counter() - started
             verified = report.events == events.num_rows and verify(locations, initial, events, touched, rows)
-        return {
-            "benchmark": "apply", "rows": rows, "changes": events.num_rows,
+        result = {
+            "benchmark": "apply", "engine": engine, "rows": rows, "changes": events.num_rows,
             "apply_events_per_s": round(events.num_rows / apply_seconds),
+            "apply_seconds": round(apply_seconds, 2),
             "naive_events_per_s": round(events.num_rows / naive_seconds),
             "speedup": round(naive_seconds / apply_seconds, 2),
             "iceberg_events_per_s": round(events.num_rows / iceberg_seconds),
             "peak_rss_mb": rss.mb, "verified": verified,
         }
+        if spark_locations is not None:
+            log("applying with Spark")
+            spark_report, spark_seconds = _timed_apply("spark", spark_locations)
+            spark_verified = (spark_report.events == events.num_rows
+                              and verify(spark_locations, initial, events, touched, rows))
+            result.update({
+                "local_apply_events_per_s": result["apply_events_per_s"], "local_verified": verified,
+                "spark_apply_events_per_s": round(events.num_rows / spark_seconds),
+                "spark_apply_seconds": round(spark_seconds, 2), "spark_verified": spark_verified,
+                "spark_over_local": round(apply_seconds / spark_seconds, 3),
+                "spark_master": _spark_master(),
+                "verified": verified and spark_verified,
+            })
+        return result
     finally:
         shutil.rmtree(lake, ignore_errors=True)
+
+
+def _spark_master() -> str:
+    from cardo_pipeline.spark.session import spark_session
+
+    return spark_session().sparkContext.master

@@ -84,8 +84,42 @@ def delete_topics(bootstrap: str, topics: list[str]) -> None:
                 raise
 
 
+def spark_ingest(bootstrap: str, jobs: list[TopicIngest]) -> tuple[int, float, float]:
+    """(messages landed or dead-lettered, seconds, session start seconds) of the Spark engine's ingest of the
+    jobs' topics; the session starts before the clock."""
+    from cardo_pipeline.spark.ingest import ingest_topic_with_spark
+    from cardo_pipeline.spark.session import spark_session
+
+    started = time.perf_counter()
+    spark = spark_session()
+    session_seconds = time.perf_counter() - started
+    os.sync()
+    started = time.perf_counter()
+    landed = 0
+    for job in jobs:
+        report = ingest_topic_with_spark(spark, bootstrap, job.table, job.topic, job.raw_uri, job.dead_letter_uri)
+        landed += report.landed + report.dead_lettered
+    return landed, time.perf_counter() - started, session_seconds
+
+
+def same_raw_rows(local: list[TopicIngest], spark: list[TopicIngest]) -> bool:
+    """Both engines landed the same messages with the same decoded rows (ingestion times aside)."""
+    import polars as pl
+
+    ignored = {"ingested_at"}
+    for mine, theirs in zip(local, spark, strict=True):
+        a, b = pl.read_delta(mine.raw_uri), pl.read_delta(theirs.raw_uri)
+        columns = [c for c in a.columns if c not in ignored]
+        if set(columns) != {c for c in b.columns if c not in ignored}:
+            return False
+        order = ["partition", "offset"]
+        if not a.select(columns).sort(order).equals(b.select(columns).sort(order)):
+            return False
+    return True
+
+
 def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGES, workers: int | None = None,
-                 log=print) -> dict:
+                 log=print, engine: str = "local") -> dict:
     workers = default_workers() if workers is None else workers
     settings = CardoSettings.from_env()
     stack = Stack(settings)
@@ -106,6 +140,19 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
             result = ingest_topics(settings.kafka_bootstrap, jobs, workers=workers, max_batch_messages=batch)
         ingest_seconds = time.perf_counter() - started
         landed = sum(r.landed + r.dead_lettered for r in result.reports.values())
+        spark_figures = {}
+        if engine == "spark":
+            log("ingesting the same topics with Spark")
+            spark_jobs = [TopicIngest(job.table, job.topic, lake_uri(str(lake / "spark"), job.table.layout.raw),
+                                      lake_uri(str(lake / "spark"), DEAD_LETTER_PATH)) for job in jobs]
+            spark_landed, spark_seconds, session_seconds = spark_ingest(settings.kafka_bootstrap, spark_jobs)
+            spark_figures = {
+                "spark_ingest_events_per_s": round(spark_landed / spark_seconds),
+                "spark_ingest_seconds": round(spark_seconds, 2),
+                "spark_session_start_seconds": round(session_seconds, 1),
+                "spark_over_local": round(ingest_seconds / spark_seconds, 3),
+                "verified": spark_landed == messages and landed == messages and same_raw_rows(jobs, spark_jobs),
+            }
     finally:
         shutil.rmtree(lake, ignore_errors=True)
         delete_topics(settings.kafka_bootstrap, topics)
@@ -115,6 +162,7 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
     ingest_rate = messages / ingest_seconds
     return {
         "benchmark": "ingest",
+        "engine": engine,
         "events": messages,
         "mean_message_bytes": round(size / messages),
         "consume_only_events_per_s": round(consume_rate),
@@ -125,4 +173,6 @@ def bench_ingest(events: int, seed: int = 42, batch: int = DEFAULT_BATCH_MESSAGE
         "consume_only_peak_rss_mb": consume_rss_mb,
         "batch_messages": batch,
         "ingest_workers": result.workers,
+        "ingest_seconds": round(ingest_seconds, 2),
+        **({"verified": landed == messages} if engine == "local" else spark_figures),
     }

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from cardo_pipeline.engine import Engine, engine_for, engines_from_env, parse_engine
 from cardo_pipeline.settings import CardoSettings
 from cardo_pipeline.tables import DEFAULT_TOPIC_PREFIX, lake_uri, topic_name
 
@@ -103,10 +104,34 @@ class PdModelResource(dg.ConfigurableResource):
         return self.tracking_uri or CardoSettings.from_env().mlflow_tracking_uri
 
 
+class EngineResource(dg.ConfigurableResource):
+    """Which engine computes the raw, curated and feature assets (`cardo_pipeline.engine`): `local` or `spark`,
+    for all of them (`default`) or per asset (`assets`, asset key path -> engine: {"curated/loans": "spark"}).
+    Unset fields fall back to CARDO_ENGINE and CARDO_ENGINE_ASSETS, so a deployment switches with an environment
+    variable and a single run switches in the launchpad."""
+
+    default: str | None = None
+    assets: dict[str, str] | None = None
+
+    def for_asset(self, key: dg.AssetKey) -> Engine:
+        env_default, env_assets = engines_from_env()
+        default = parse_engine(self.default, "engine.default") if self.default else env_default
+        overrides = env_assets if self.assets is None else {
+            name: parse_engine(value, f"engine.assets[{name!r}]") for name, value in self.assets.items()}
+        return engine_for(key.to_user_string(), default, overrides)
+
+    def spark(self):
+        """The process's Spark session (started on first use)."""
+        from cardo_pipeline.spark.session import spark_session
+
+        return spark_session()
+
+
 def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
         return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
-                "iceberg": IcebergResource(), "quality": QualityResource(), "pd_settings": PdModelResource()}
+                "iceberg": IcebergResource(), "quality": QualityResource(), "pd_settings": PdModelResource(),
+                "engine": EngineResource()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
@@ -117,6 +142,7 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
             "quality": QualityResource(),
             "pd_settings": PdModelResource(tracking_uri=dg.EnvVar("CARDO_MLFLOW_TRACKING_URI"),
                                         oracle_from_simulator=False),
+            "engine": EngineResource(),
         }
     raise ValueError(f"CARDO_ENV must be 'local' or 'k8s', got {environment!r}")
 

@@ -129,14 +129,20 @@ def _merged(job: TopicIngest, start: dict[int, int], end: dict[int, int], parts:
 
 
 def ingest_topics(bootstrap: str, jobs: list[TopicIngest], *, workers: int | None = None,
-                  max_batch_messages: int = DEFAULT_BATCH_MESSAGES, log=lambda message: None) -> ParallelIngest:
-    """Ingest every job's topic up to the end offsets seen now. With more than one worker and a backlog of at
-    least PARALLEL_MIN_BACKLOG, partitions go to worker processes, largest backlog first."""
+                  max_batch_messages: int = DEFAULT_BATCH_MESSAGES,
+                  target_ends: dict[str, dict[int, int]] | None = None, log=lambda message: None) -> ParallelIngest:
+    """Ingest every job's topic up to the end offsets seen now, or up to `target_ends` (topic -> partition ->
+    end: the range a sensor requested; partitions it does not name stay where they are). With more than one
+    worker and a backlog of at least PARALLEL_MIN_BACKLOG, partitions go to worker processes, largest backlog
+    first."""
     started = time.monotonic()
     workers = default_workers() if workers is None else workers
     ends = end_offsets(bootstrap, [job.topic for job in jobs])
     raws = {job.topic: OffsetTrackedTable(job.raw_uri) for job in jobs}
     start = {job.topic: raws[job.topic].next_offsets(job.topic, sorted(ends[job.topic])) for job in jobs}
+    for topic, requested in (target_ends or {}).items():
+        if topic in ends:
+            ends[topic] = {p: max(start[topic][p], requested.get(p, start[topic][p])) for p in ends[topic]}
     backlog = {(job.topic, partition): end - start[job.topic][partition]
                for job in jobs for partition, end in ends[job.topic].items() if end > start[job.topic][partition]}
     parallel = workers > 1 and len(backlog) > 1 and sum(backlog.values()) >= PARALLEL_MIN_BACKLOG

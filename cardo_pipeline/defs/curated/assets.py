@@ -8,7 +8,7 @@ from cardo_pipeline.curate.storage import ApplyReport, CuratedLocations, Curated
 from cardo_pipeline.defs.automation import follows_upstream
 from cardo_pipeline.defs.groups import CURATED
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, raw_key
-from cardo_pipeline.defs.resources import LakeResource
+from cardo_pipeline.defs.resources import EngineResource, LakeResource
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SOURCE_TABLES, SourceTable
 
@@ -27,8 +27,9 @@ def _layout(table) -> dict:
             "files_with_deletion_vectors": summary["files_with_deletion_vectors"]}
 
 
-def _common(report: ApplyReport) -> dict[str, object]:
+def _common(report: ApplyReport, engine: str) -> dict[str, object]:
     return {
+        "engine": engine,
         "raw_version_applied": report.raw_version if report.raw_version is not None else -1,
         "events_applied": report.events,
         "batches": report.batches,
@@ -66,17 +67,23 @@ def build_curated_assets(table: SourceTable) -> dg.AssetsDefinition:
         ],
         can_subset=False,  # one apply writes both, each in its own commit with the raw version applied
     )
-    def curated_tables(context: dg.AssetExecutionContext, lake: LakeResource):
+    def curated_tables(context: dg.AssetExecutionContext, lake: LakeResource, engine: EngineResource):
         locations = curated_locations(lake, table)
-        report = CuratedStore(table, locations).apply(log=context.log.info)
+        chosen = engine.for_asset(current)  # one apply writes both tables: the current table's engine decides
+        if chosen == "spark":
+            from cardo_pipeline.spark.apply import apply_with_spark
+
+            report = apply_with_spark(engine.spark(), table, locations, log=context.log.info)
+        else:
+            report = CuratedStore(table, locations).apply(log=context.log.info)
         current_table, history_table = load_table(locations.current), load_table(locations.history)
         yield dg.MaterializeResult(asset_key=current, metadata={
-            **_common(report), **_layout(current_table),
+            **_common(report, chosen), **_layout(current_table),
             "delta_version": report.current_version if report.current_version is not None else -1,
             "rows_inserted": report.inserted, "rows_updated": report.updated, "rows_deleted": report.deleted,
         })
         yield dg.MaterializeResult(asset_key=history, metadata={
-            **_common(report), **_layout(history_table),
+            **_common(report, chosen), **_layout(history_table),
             "delta_version": report.history_version if report.history_version is not None else -1,
             "history_rows_written": report.history_rows_written,
         })

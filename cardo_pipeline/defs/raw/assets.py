@@ -4,11 +4,14 @@ The asset is glue: it locates the raw and dead-letter tables through the lake re
 and reports offsets, lag, counts and Delta versions as metadata.
 """
 
+import json
+
 import dagster as dg
 
 from cardo_pipeline.defs.groups import RAW
 from cardo_pipeline.defs.keys import DEAD_LETTER_KEY, raw_key, topic_key
-from cardo_pipeline.defs.resources import KafkaResource, LakeResource
+from cardo_pipeline.defs.raw.sensor import END_OFFSETS_TAG
+from cardo_pipeline.defs.resources import EngineResource, KafkaResource, LakeResource
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
 from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport
@@ -41,6 +44,15 @@ def report_metadata(report: IngestReport, lag: int) -> dict[str, object]:
     }
 
 
+def requested_end_offsets(context: dg.AssetExecutionContext, topic: str) -> dict[int, int] | None:
+    """The end offsets the sensor requested for `topic` (run tag END_OFFSETS_TAG); None: up to the end seen now."""
+    raw = context.run.tags.get(END_OFFSETS_TAG)
+    if not raw:
+        return None
+    requested = json.loads(raw).get(topic)
+    return None if requested is None else {int(p): int(end) for p, end in requested.items()}
+
+
 def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
     @dg.asset(
         key=raw_key(table),
@@ -56,18 +68,30 @@ def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
         tags={"cardo/layer": "raw"},
     )
     def raw_table(
-        context: dg.AssetExecutionContext, config: RawIngestConfig, kafka: KafkaResource, lake: LakeResource
+        context: dg.AssetExecutionContext, config: RawIngestConfig, kafka: KafkaResource, lake: LakeResource,
+        engine: EngineResource,
     ) -> dg.MaterializeResult:
         topic = kafka.topic(table.name)
         job = TopicIngest(table, topic, lake.table(table.layout.raw), lake.table(DEAD_LETTER_PATH))
-        result = ingest_topics(
-            kafka.bootstrap(), [job], workers=config.partition_workers or None,
-            max_batch_messages=config.max_batch_messages, log=context.log.info,
-        )
-        report = result.reports[topic]
+        target_end = requested_end_offsets(context, topic)
+        chosen = engine.for_asset(context.asset_key)
+        if chosen == "spark":
+            from cardo_pipeline.spark.ingest import ingest_topic_with_spark
+
+            report = ingest_topic_with_spark(engine.spark(), kafka.bootstrap(), table, topic, job.raw_uri,
+                                             job.dead_letter_uri, target_end=target_end, log=context.log.info)
+            workers = 1
+        else:
+            result = ingest_topics(
+                kafka.bootstrap(), [job], workers=config.partition_workers or None,
+                max_batch_messages=config.max_batch_messages,
+                target_ends=None if target_end is None else {topic: target_end}, log=context.log.info,
+            )
+            report, workers = result.reports[topic], result.workers
         latest = end_offsets(kafka.bootstrap(), [topic])[topic]
         metadata = report_metadata(report, report.lag(latest))
-        metadata["ingest_workers"] = result.workers
+        metadata["engine"] = chosen
+        metadata["ingest_workers"] = workers
         metadata["dagster/row_count"] = OffsetTrackedTable(job.raw_uri).row_count()
         if report.dead_lettered:
             context.log_event(dg.AssetMaterialization(

@@ -24,6 +24,8 @@ from cardo_pipeline.tables import SourceTable
 
 SENSOR_NAME = "kafka_offsets_sensor"
 RAW_TABLES_TAG = "cardo/raw_tables"
+# The offset range each table's run lands: {topic: {partition: end}}; the raw assets read exactly up to it
+END_OFFSETS_TAG = "cardo/kafka_end_offsets"
 KAFKA_TIMEOUT_S = 10.0  # a tick must end well inside Dagster's 60 s limit, also when Kafka is down
 
 
@@ -93,7 +95,9 @@ def build_kafka_offsets_sensor(tables: list[SourceTable], interval_seconds: int,
         request = dg.RunRequest(
             run_key=run_key,
             asset_selection=[key for name in sorted(ready) for key in run_keys[name]],
-            tags={RAW_TABLES_TAG: ",".join(sorted(ready))},
+            tags={RAW_TABLES_TAG: ",".join(sorted(ready)),
+                  END_OFFSETS_TAG: json.dumps({kafka.topic(name): {p: end for p, (_, end) in ranges.items()}
+                                               for name, ranges in sorted(ready.items())}, sort_keys=True)},
         )
         context.log.info(f"new messages: {ready}")
         return dg.SensorResult(run_requests=[request], cursor=cursor)
