@@ -12,8 +12,10 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key, raw_key
-from cardo_pipeline.defs.raw.sensor import RAW_TABLES_TAG, SENSOR_NAME, build_kafka_offsets_sensor
-from cardo_pipeline.defs.resources import KafkaResource, LakeResource
+from cardo_pipeline.defs.raw.assets import build_raw_asset
+from cardo_pipeline.defs.raw.sensor import END_OFFSETS_TAG, RAW_TABLES_TAG, SENSOR_NAME, build_kafka_offsets_sensor
+from cardo_pipeline.defs.resources import EngineResource, KafkaResource, LakeResource
+from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.tables import SOURCE_TABLES, TABLES_BY_NAME
 from cardo_pipeline_tests.raw_helpers import encode_changes, fresh_prefix, ingest_into, loan_row, produce_raw
 
@@ -64,6 +66,37 @@ def test_requests_exactly_the_raw_assets_with_new_messages_and_what_follows_them
                     encode_changes(TABLES_BY_NAME["loans"], prefix, [loan_row(4)]))
         later = _tick(instance, resources, caught_up.cursor)
         assert later.run_requests and later.run_requests[0].run_key != request.run_key
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_the_run_lands_exactly_the_offset_range_the_sensor_requested(kafka_bootstrap: str, tmp_path: Path,
+                                                                     engine: str, request) -> None:
+    if engine == "spark":
+        request.getfixturevalue("spark")  # the shared test session, not a second JVM
+    prefix = fresh_prefix(f"range{engine}")
+    loans = TABLES_BY_NAME["loans"]
+    topic = f"{prefix}.public.loans"
+    produce_raw(kafka_bootstrap, topic, encode_changes(loans, prefix, [loan_row(i) for i in range(1, 4)]))
+    resources = {"kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
+                 "lake": LakeResource(root=str(tmp_path)), "engine": EngineResource(default=engine)}
+    with dg.DagsterInstance.ephemeral() as instance:
+        tick = _tick(instance, resources)
+        requested = json.loads(tick.run_requests[0].tags[END_OFFSETS_TAG])
+        assert sum(requested[topic].values()) == 3
+        # more messages arrive between the tick and the run: the run lands what the sensor saw, no more
+        produce_raw(kafka_bootstrap, topic, encode_changes(loans, prefix, [loan_row(i) for i in range(4, 6)]))
+        result = dg.materialize([build_raw_asset(loans)], resources=resources, instance=instance,
+                                tags=tick.run_requests[0].tags)
+        assert result.success
+        metadata = result.asset_materializations_for_node(result.all_node_events[0].node_name)[0].metadata
+        assert metadata["engine"].value == engine and metadata["messages_consumed"].value == 3
+        assert metadata["lag_messages"].value == 2
+        raw = OffsetTrackedTable(str(tmp_path / "raw" / "loans"))
+        assert raw.row_count() == 3
+        later = _tick(instance, resources, tick.cursor)
+        assert later.run_requests  # the rest is the next run's
+        assert json.loads(later.run_requests[0].tags[END_OFFSETS_TAG])[topic] != requested[topic]
 
 
 def test_a_dead_broker_gives_a_skip_reason_naming_it_well_inside_the_tick_limit(tmp_path: Path) -> None:
