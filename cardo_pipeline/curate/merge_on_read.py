@@ -84,11 +84,139 @@ def local_root(uri: str) -> Path | None:
     return None if "://" in uri else Path(uri)
 
 
-def supports(table: DeltaTable) -> bool:
-    """Whether commits can go through this module: a local table with the deletion-vectors feature."""
+class UnsupportedTableFeaturesError(RuntimeError):
+    """A table uses protocol features the writer at hand does not implement: writing it could break the table for
+    the engines that do (a commit missing what a feature requires of every writer)."""
+
+    def __init__(self, uri: str, features: list[str], writer: str = "the merge-on-read commits"):
+        self.uri, self.features = uri, list(features)
+        super().__init__(f"{uri}: {writer} cannot write this table, which uses features it does not handle: "
+                         f"{', '.join(features)}")
+
+
+# The table features the hand-written commits handle; a table with any other reader or writer feature is refused
+# (`unsupported_features`). Each is listed for what the commits do with it:
+# - deletionVectors: what the commits write (the format of `deletion_vectors`, descriptors in add and remove);
+# - changeDataFeed: commits of the current table write its change data file, the history's leave the feed to
+#   readers (derived from deletion vectors and new files, as Delta's own deletes with deletion vectors do);
+# - appendOnly: listed by delta-rs on every table it creates; only a table with `delta.appendOnly` false (unset)
+#   is written: the commits remove files (`unsupported_features` refuses an append-only one);
+# - invariants: listed by delta-rs on every table; the commits do not check column invariants, so a table whose
+#   schema declares one (`delta.invariants` in a column's metadata) is refused;
+# - variantType: listed by delta-rs on every table (reader and writer); the commits write through polars, which
+#   has no variant type, so a table with a variant column is refused;
+# - timestampNtz: a timestamp_ntz column is a time zone-less timestamp in the table's Arrow schema, which polars
+#   writes as Parquet TIMESTAMP(isAdjustedToUTC=false), as the feature requires; statistics carry no time bounds.
+# Not handled: columnMapping (files must use physical names, statistics physical keys), rowTracking (row ids and
+# commit versions of new files, the row id high-water mark), inCommitTimestamp (a commit timestamp in every
+# commitInfo, first), v2Checkpoint (the log replay reads classic checkpoints only; sidecars), domainMetadata,
+# clustering, typeWidening (files of older types), identityColumns, generatedColumns, checkConstraints (values
+# unchecked), icebergCompatV1/V2 (and the iceberg writer features), vacuumProtocolCheck, collations and anything
+# newer: a feature unknown here is refused.
+HANDLED_WRITER_FEATURES = frozenset({"deletionVectors", "changeDataFeed", "appendOnly", "invariants", "variantType",
+                                     "timestampNtz"})
+HANDLED_READER_FEATURES = frozenset({"deletionVectors", "variantType", "timestampNtz"})
+# The features delta-rs's own writers (MERGE, DELETE, optimize) check for and implement (its protocol checker):
+# where the hand-written path refuses a table with only these, delta-rs MERGE writes it instead.
+DELTA_RS_WRITER_FEATURES = frozenset({"appendOnly", "invariants", "checkConstraints", "changeDataFeed",
+                                      "generatedColumns", "columnMapping", "deletionVectors", "timestampNtz",
+                                      "variantType"})
+DELTA_RS_READER_FEATURES = frozenset({"columnMapping", "deletionVectors", "timestampNtz", "variantType"})
+# What a legacy protocol (before table features: reader < 3, writer < 7) implies
+_LEGACY_WRITER = {2: ("appendOnly", "invariants"), 3: ("checkConstraints",), 4: ("changeDataFeed", "generatedColumns"),
+                  5: ("columnMapping",), 6: ("identityColumns",)}
+_LEGACY_READER = {2: ("columnMapping",)}
+
+
+def table_features(table: DeltaTable) -> tuple[set[str], set[str]]:
+    """(reader features, writer features) of the table's protocol, legacy versions turned into the features
+    they imply; a protocol newer than the table-features one gives a feature of its own name (never handled)."""
     protocol = table.protocol()
-    return (local_root(table.table_uri) is not None
-            and FEATURE in (protocol.writer_features or []) and FEATURE in (protocol.reader_features or []))
+    reader_version, writer_version = protocol.min_reader_version, protocol.min_writer_version
+    if reader_version == 3:
+        reader = set(protocol.reader_features or [])
+    elif reader_version > 3:
+        reader = {f"minReaderVersion={reader_version}"}
+    else:
+        reader = {f for version, implied in _LEGACY_READER.items() if version <= reader_version for f in implied}
+    if writer_version == 7:
+        writer = set(protocol.writer_features or [])
+    elif writer_version > 7:
+        writer = {f"minWriterVersion={writer_version}"}
+    else:
+        writer = {f for version, implied in _LEGACY_WRITER.items() if version <= writer_version for f in implied}
+    return reader, writer
+
+
+# What a table's properties and schema may put to use, each under a key: a writer implementing a feature may still
+# not handle every use of it (the hand-written commits handle none of these; delta-rs all but the first four)
+APPEND_ONLY, VARIANT, IDENTITY, TYPE_WIDENING = "appendOnly", "variantType", "identityColumns", "typeWidening"
+DELTA_RS_HANDLED_USES = frozenset({"columnMapping", "checkConstraints", "generatedColumns", "invariants",
+                                   "partitioned"})
+
+
+def _uses(table: DeltaTable) -> dict[str, str]:
+    """The uses of features in the table's properties and schema, by key, each described."""
+    uses: dict[str, str] = {}
+    configuration = table.metadata().configuration or {}
+    if str(configuration.get("delta.appendOnly", "false")).lower() == "true":
+        uses[APPEND_ONLY] = "appendOnly (delta.appendOnly=true: rows cannot be deleted)"
+    if str(configuration.get("delta.columnMapping.mode", "none")).lower() != "none":
+        uses["columnMapping"] = f"columnMapping (mode {configuration['delta.columnMapping.mode']})"
+    if any(name.startswith("delta.constraints.") for name in configuration):
+        uses["checkConstraints"] = "checkConstraints (delta.constraints.*)"
+    if table.metadata().partition_columns:
+        uses["partitioned"] = "partitioned (new files would need partition values)"
+
+    def visit(kind: object, path: str) -> None:
+        if kind == "variant":
+            uses[VARIANT] = f"variantType (column {path})"
+        elif isinstance(kind, dict):
+            for field in kind.get("fields", []):
+                name = f"{path}.{field['name']}" if path else field["name"]
+                for key in field.get("metadata") or {}:
+                    if key == "delta.invariants":
+                        uses["invariants"] = f"invariants (column {name})"
+                    elif key == "delta.generationExpression":
+                        uses["generatedColumns"] = f"generatedColumns (column {name})"
+                    elif key.startswith("delta.identity."):
+                        uses[IDENTITY] = f"identityColumns (column {name})"
+                    elif key.startswith("delta.columnMapping."):
+                        uses.setdefault("columnMapping", f"columnMapping (column {name})")
+                    elif key.startswith("delta.typeChanges"):
+                        uses[TYPE_WIDENING] = f"typeWidening (column {name})"
+                visit(field["type"], name)
+            for part in ("elementType", "keyType", "valueType"):
+                if part in kind:
+                    visit(kind[part], path)
+
+    visit(json.loads(table.schema().to_json()), "")
+    return uses
+
+
+def unsupported_features(table: DeltaTable, *, reader_handled: frozenset[str] = HANDLED_READER_FEATURES,
+                         writer_handled: frozenset[str] = HANDLED_WRITER_FEATURES,
+                         uses_handled: frozenset[str] = frozenset()) -> list[str]:
+    """The table's features (of its protocol, its properties and its schema) that a writer handling the given
+    ones cannot write correctly, sorted; empty when it can. By default, the hand-written commits of this module."""
+    reader, writer = table_features(table)
+    unsupported = (reader - reader_handled) | (writer - writer_handled)
+    unsupported |= {described for key, described in _uses(table).items() if key not in uses_handled}
+    return sorted(unsupported)
+
+
+def delta_rs_unsupported_features(table: DeltaTable) -> list[str]:
+    """The table's features delta-rs's writers do not implement (empty: delta-rs MERGE can write it)."""
+    return unsupported_features(table, reader_handled=DELTA_RS_READER_FEATURES,
+                                writer_handled=DELTA_RS_WRITER_FEATURES, uses_handled=DELTA_RS_HANDLED_USES)
+
+
+def supports(table: DeltaTable) -> bool:
+    """Whether commits can go through this module: a local table with the deletion-vectors feature and no
+    feature the commits do not handle (`unsupported_features`)."""
+    reader, writer = table_features(table)
+    return (local_root(table.table_uri) is not None and FEATURE in writer and FEATURE in reader
+            and not unsupported_features(table))
 
 
 def _json_shape(add: Mapping) -> dict:
@@ -111,13 +239,23 @@ class MergeOnReadTable:
 
     def __init__(self, table: DeltaTable):
         root = local_root(table.table_uri)
-        if root is None or not supports(table):
+        reader, writer = table_features(table)
+        if root is None or FEATURE not in reader or FEATURE not in writer:
             raise ValueError(f"{table.table_uri}: merge-on-read needs a local table with deletion vectors")
         self.table, self.root = table, root
+        self.check_protocol()
         self._files: dict[str, dict] | None = None
 
     def version(self) -> int:
         return self.table.version()
+
+    def check_protocol(self) -> None:
+        """Raise UnsupportedTableFeaturesError unless the table, at the version held, has only features the
+        commits handle: run when opened and before each commit, on the version the commit follows (a commit
+        only lands on that version: a protocol change after it makes the commit fail as concurrent)."""
+        unsupported = unsupported_features(self.table)
+        if unsupported:
+            raise UnsupportedTableFeaturesError(self.table.table_uri, unsupported)
 
     def files(self) -> dict[str, dict]:
         """The add action of every live data file, by path, at this version."""
@@ -211,6 +349,7 @@ class MergeOnReadTable:
         `change_feed` (the table's columns and `_change_type`) is this commit's change data, as a MERGE would
         record it (an updated row as update_preimage and update_postimage); without it, readers derive the
         feed from the deletion vectors and new files, an update then reading as a delete and an insert."""
+        self.check_protocol()  # before any file is written (and again by `_commit`)
         now = int(time.time() * 1000)
         added_rows = len(rows)
         files = self.files()
@@ -274,9 +413,13 @@ class MergeOnReadTable:
         return purged
 
     def _commit(self, actions: list[dict]) -> int:
+        self.check_protocol()  # of the version the commit follows (protocol and metadata as of that version)
         version = self.version() + 1
         self._write_commit(version, actions)
         self.table.update_incremental()
+        if self.table.version() != version:  # others committed after this one: the files are read again
+            self._files = None
+            return version
         files = self.files()
         for action in actions:
             if "remove" in action:

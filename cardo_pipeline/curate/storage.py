@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 
 from cardo_pipeline.curate.apply import (
     HISTORY_COLUMNS,
@@ -50,7 +50,15 @@ from cardo_pipeline.curate.apply import (
     log_schema,
     marks_as_text,
 )
-from cardo_pipeline.curate.merge_on_read import FILE, ROW, MergeOnReadTable, local_root, supports
+from cardo_pipeline.curate.merge_on_read import (
+    FILE,
+    ROW,
+    MergeOnReadTable,
+    UnsupportedTableFeaturesError,
+    delta_rs_unsupported_features,
+    local_root,
+    supports,
+)
 from cardo_pipeline.ingest.delta_log import load_table
 from cardo_pipeline.tables import SourceTable, lake_uri
 
@@ -276,9 +284,7 @@ class CuratedStore:
         current, history = self.tables()
         before = _lowest_applied(current, history)
         report = ApplyReport(self.table.name, before, before, truncates=self.truncates())
-        # merge-on-read where the tables allow it (local, with deletion vectors), else delta-rs MERGE
-        writer = (_MergeOnReadWriter(self, MergeOnReadTable(current), MergeOnReadTable(history))
-                  if supports(current) and supports(history) else _MergeWriter(self, current, history))
+        writer = self._writer(current, history)
         for rows, version in raw_increments(raw, before, max_batch_events):
             self._apply_batch(rows, version, writer, report)
             log(f"{self.table.name}: raw up to version {version}: {rows.height} events, "
@@ -286,6 +292,16 @@ class CuratedStore:
         report.current_version, report.history_version = current.version(), history.version()
         report.seconds = time.monotonic() - started
         return report
+
+    def _writer(self, current: DeltaTable, history: DeltaTable) -> _Writer:
+        """Merge-on-read where both tables allow it (local, with deletion vectors, and no feature its commits do
+        not handle: `merge_on_read.supports`), else delta-rs MERGE where delta-rs implements every feature of
+        both; else UnsupportedTableFeaturesError, before anything is written."""
+        if supports(current) and supports(history):
+            return _MergeOnReadWriter(self, MergeOnReadTable(current), MergeOnReadTable(history))
+        for table in (current, history):
+            _check_delta_rs_writes(table)
+        return _MergeWriter(self, current, history)
 
     def expire_tombstones(self, retention: timedelta, *, now: datetime | None = None) -> int:
         """Forget the keys deleted longer than `retention` ago (by the delete's source commit time): all their
@@ -303,6 +319,8 @@ class CuratedStore:
         schema = history_schema(self.table)
         heads = pa.schema([schema.field(name) for name in [*self.key, *HEAD_COLUMNS]])
         merge_on_read = supports(history)
+        if not merge_on_read:
+            _check_delta_rs_writes(history)
         rows = (MergeOnReadTable(history).read(heads, self.key, None) if merge_on_read
                 else _read(history, heads, self.key, None))
         expired = rows.filter(pl.col("is_current") & pl.col("is_deleted") & (pl.col("valid_from_ts") < cutoff))
@@ -603,8 +621,27 @@ class _MergeWriter(_Writer):
         report.deleted += result.get("num_target_rows_deleted", 0)
 
 
+def _check_delta_rs_writes(table: DeltaTable) -> None:
+    """Raise UnsupportedTableFeaturesError when delta-rs does not implement a feature of the table."""
+    unsupported = delta_rs_unsupported_features(table)
+    if unsupported:
+        raise UnsupportedTableFeaturesError(table.table_uri, unsupported,
+                                            writer="neither the merge-on-read commits nor delta-rs MERGE")
+
+
 def _read(table: DeltaTable, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
     """The table's rows (of `keys` only, when given)."""
+    if "deletionVectors" in (table.protocol().reader_features or []):
+        # delta-rs's pyarrow dataset refuses deletion vectors (a table merge-on-read refused, say for a feature
+        # its commits do not handle) and polars column mapping: delta-rs's query engine reads both
+        if keys is not None and keys.is_empty():
+            return _frame(schema.empty_table())
+        columns = ", ".join(f'"{name}"' for name in schema.names)
+        rows = pa.table(QueryBuilder().register("t", table).execute(f"select {columns} from t").read_all())
+        frame = _frame(rows.cast(schema))
+        if keys is not None:
+            frame = frame.join(keys.select(key).unique(), on=key, how="semi", nulls_equal=True)
+        return frame
     dataset = table.to_pyarrow_dataset()
     if keys is None:
         rows = dataset.to_table(columns=schema.names)
