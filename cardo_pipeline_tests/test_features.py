@@ -1,5 +1,6 @@
 """Point-in-time loan features and default outcomes: the source clock, features that never read past their cutoff,
-outcomes that read exactly the 12 months after it, and the tables' Pandera models (fast: simulated histories)."""
+outcomes that read exactly the 12 months after it, and the tables' Pandera models (fast: simulated histories).
+The tests taking `engine` run on the local engine and on Spark (marked `spark`: `-m "not spark"` leaves it out)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,13 @@ from cardo_pipeline.features.loan_features import (
     cutoffs_known,
     feature_schema,
     features_at,
-    loan_features,
     month_end,
     months_before,
 )
 from cardo_pipeline.features.models import loan_default_outcomes_model, loan_features_model
-from cardo_pipeline.features.outcomes import cutoffs_with_outcome, default_outcomes
-from cardo_pipeline.geo.postcodes import postcode_nuts3
+from cardo_pipeline.features.outcomes import OUTCOME_SCHEMA, cutoffs_with_outcome
 from cardo_pipeline.quality.validate import LazySource, validate
-from cardo_pipeline.simulator.history import simulated_histories
+from cardo_pipeline_tests.feature_helpers import ENGINES, book_features, engine_for, postcode_table, simulated_book
 
 
 def _versions(rows: list[tuple[int, int, str | None, bool]]) -> pl.LazyFrame:
@@ -78,38 +77,45 @@ def test_month_arithmetic() -> None:
 
 @pytest.fixture(scope="module")
 def book() -> tuple[KnownHistories, pl.DataFrame, dict[str, pl.LazyFrame]]:
-    simulated = simulated_histories(loans=500, months=16, seed=11)
-    return KnownHistories.from_histories(simulated.histories), simulated.truth, simulated.histories
+    return simulated_book()
 
 
 @pytest.fixture(scope="module")
 def postcodes() -> pl.DataFrame:
-    return postcode_nuts3().select("country_code", "postcode", "nuts3_code")
+    return postcode_table()
 
 
-def _prefix(histories: dict[str, pl.LazyFrame], last_lsn: int) -> KnownHistories:
-    return KnownHistories.from_histories({n: h.filter(pl.col("valid_from_lsn") <= last_lsn)
-                                          for n, h in histories.items()})
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request):
+    """The local engine, then Spark (marked `spark`)."""
+    return engine_for(request)
 
 
-def test_features_as_of_a_cutoff_are_those_the_data_of_that_day_gives(book, postcodes) -> None:
+def _prefix_histories(histories: dict[str, pl.LazyFrame], last_lsn: int) -> dict[str, pl.LazyFrame]:
+    return {n: h.filter(pl.col("valid_from_lsn") <= last_lsn) for n, h in histories.items()}
+
+
+def test_features_as_of_a_cutoff_are_those_the_data_of_that_day_gives(engine, book, postcodes) -> None:
     """The features of a cutoff built from the whole history equal those built from the history as it stood when
     the source clock passed the cutoff: nothing recorded later leaks in."""
     known, _, histories = book
-    for cutoff in (date(2024, 4, 30), date(2024, 9, 30), date(2025, 1, 31)):
+    # Spark: one cutoff (each prefix is a history of its own to run the clock over)
+    cutoffs = [date(2024, 4, 30), date(2024, 9, 30), date(2025, 1, 31)] if engine.name == "local" else [
+        date(2024, 9, 30)]
+    for cutoff in cutoffs:
         end = cutoff_end(cutoff)
         # The first stamped version at or after the cutoff: the data a run at that moment would have read.
         passing = known.loans.filter(pl.col(KNOWN_AT) >= end)["valid_from_lsn"].min()
-        full = features_at(known, postcodes, cutoff)
-        then = features_at(_prefix(histories, passing), postcodes, cutoff)
+        full = book_features(engine, [cutoff])
+        then = engine.features(engine.known(_prefix_histories(histories, passing)), postcodes, [cutoff])
         assert full.height > 50
-        assert full.equals(then), cutoff
+        engine.assert_same(full, then)
 
 
-def test_changes_after_the_cutoff_backdated_or_not_leave_the_features_unchanged(book, postcodes) -> None:
-    known, _, histories = book
-    cutoff = date(2024, 9, 30)
-    before = features_at(known, postcodes, cutoff)
+def test_changes_after_the_cutoff_backdated_or_not_leave_the_features_unchanged(engine, book, postcodes) -> None:
+    _, _, histories = book
+    cutoff, later_cutoff = date(2024, 9, 30), date(2026, 12, 31)
+    before = book_features(engine, [cutoff])
     loans = histories["loans"].collect()
     last_lsn = int(loans["valid_from_lsn"].max())
     victims = before["loan_id"].head(5).to_list()
@@ -122,18 +128,17 @@ def test_changes_after_the_cutoff_backdated_or_not_leave_the_features_unchanged(
         (pl.int_range(pl.len()) * 8 + last_lsn + 8).alias("valid_from_lsn"),
     ).with_columns(pl.col("valid_from_lsn").alias("valid_from_offset")).select(loans.columns)
     changed = dict(histories) | {"loans": pl.concat([loans, later]).lazy()}
-    after = features_at(KnownHistories.from_histories(changed), postcodes, cutoff)
-    assert after.equals(before)
+    after = engine.features(engine.known(changed), postcodes, [cutoff, later_cutoff])
+    engine.assert_same(after.filter(pl.col("cutoff_date") == cutoff), before)
     # ...while a cutoff after them sees them: the loans defaulted, so they are no longer in the active book.
-    assert set(victims).isdisjoint(features_at(KnownHistories.from_histories(changed), postcodes,
-                                               date(2026, 12, 31))["loan_id"])
+    assert set(victims).isdisjoint(after.filter(pl.col("cutoff_date") == later_cutoff)["loan_id"])
 
 
-def test_features_hold_their_model_and_their_meaning(book, postcodes) -> None:
+def test_features_hold_their_model_and_their_meaning(engine, book) -> None:
     known, _, _ = book
     cutoffs = cutoffs_known(known, date(2024, 1, 1))
     assert cutoffs[0] == date(2024, 1, 31) and cutoffs[-1] == date(2025, 3, 31)
-    frame = loan_features(known, postcodes, cutoffs)
+    frame = book_features(engine, cutoffs)
     assert frame.columns == FEATURE_COLUMNS and frame.schema == feature_schema()
     report = validate(loan_features_model(), LazySource(frame.lazy()))
     assert report.passed, report.samples[:3]
@@ -149,12 +154,13 @@ def test_features_hold_their_model_and_their_meaning(book, postcodes) -> None:
     assert (late["missed_payments_3m"] >= 1).mean() > 0.9
 
 
-def test_outcomes_cover_cutoffs_with_12_months_behind_them(book) -> None:
+def test_outcomes_cover_cutoffs_with_12_months_behind_them(engine, book) -> None:
     known, truth, _ = book
     cutoffs = cutoffs_known(known, date(2024, 1, 1))
     with_outcome = cutoffs_with_outcome(known, cutoffs)
     assert with_outcome == [c for c in cutoffs if c <= date(2024, 3, 31)]
-    outcomes = default_outcomes(known, cutoffs)
+    outcomes = engine.outcomes(engine.book_known(), cutoffs)
+    assert outcomes.schema == OUTCOME_SCHEMA
     assert sorted(outcomes["cutoff_date"].unique()) == with_outcome
     assert validate(loan_default_outcomes_model(), LazySource(outcomes.lazy())).passed
     # Outcomes and the simulator's true PDs describe the same loans: the truth predicts them well.
