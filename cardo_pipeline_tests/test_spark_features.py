@@ -12,7 +12,7 @@ import pytest
 from cardo_pipeline.features.clock import LSN, OFFSET, source_clock, with_known_at
 from cardo_pipeline.features.loan_features import HISTORY_COLUMNS, KnownHistories, cutoffs_known, loan_features
 from cardo_pipeline.features.outcomes import OUTCOME_SCHEMA, default_outcomes
-from cardo_pipeline.tables import TABLES_BY_NAME
+from cardo_pipeline.tables import TABLES_BY_NAME, lake_uri
 from cardo_pipeline_tests.feature_helpers import (
     SparkEngine,
     assert_frames_match,
@@ -85,6 +85,53 @@ def test_spark_outcomes_equal_the_local_outcomes(engine) -> None:
     assert engine.outcomes(engine.book_known(), [date(2025, 3, 31)]).schema == OUTCOME_SCHEMA  # none has 12 months
 
 
+def _curated_histories(lake) -> dict[str, str]:
+    """The simulated book's histories as curated Delta tables in a lake's layout (numerics as decimals)."""
+    _, _, histories = simulated_book()
+    uris = {}
+    for name, frame in histories.items():
+        decimals = {c.name: pl.Decimal(*map(int, c.pg_type.removeprefix("numeric(").rstrip(")").split(",")))
+                    for c in TABLES_BY_NAME[name].columns if c.pg_type.startswith("numeric")}
+        uris[name] = lake_uri(str(lake), TABLES_BY_NAME[name].layout.history)
+        frame.with_columns(pl.col(c).round(dtype.scale).cast(dtype) for c, dtype in decimals.items()
+                           ).collect().write_delta(uris[name])
+    return uris
+
+
+def test_the_feature_assets_run_on_the_engine_configured_and_agree(spark, tmp_path) -> None:
+    """The Dagster assets, one run per engine on copies of the same lake: the engine each used is in its metadata,
+    and the tables they wrote are the same."""
+    import shutil
+
+    import dagster as dg
+
+    from cardo_pipeline.defs.features.loans import LOAN_FEATURES, LOAN_OUTCOMES, build_loan_feature_defs
+    from cardo_pipeline.defs.keys import reference_key
+    from cardo_pipeline.defs.reference.assets import POSTCODES
+    from cardo_pipeline.defs.resources import EngineResource, LakeResource
+
+    _curated_histories(tmp_path / "local")
+    postcode_table().write_delta(lake_uri(str(tmp_path / "local"), reference_key(POSTCODES).path))
+    shutil.copytree(tmp_path / "local", tmp_path / "spark")
+    defs = build_loan_feature_defs(dg.MonthlyPartitionsDefinition(start_date="2024-01-01", end_offset=0))
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    tables = {}
+    with dg.DagsterInstance.ephemeral() as instance:
+        for engine in ("local", "spark"):
+            resources = {"lake": LakeResource(root=str(tmp_path / engine)), "engine": EngineResource(default=engine)}
+            for selection, partition in ((LOAN_FEATURES, "2024-06-01"), (LOAN_OUTCOMES, None)):
+                result = dg.materialize(assets, selection=[selection], partition_key=partition, resources=resources,
+                                        instance=instance)
+                assert result.success
+                [materialization] = result.asset_materializations_for_node(result.all_node_events[0].node_name)
+                assert materialization.metadata["engine"].value == engine
+            tables[engine] = [pl.read_delta(lake_uri(str(tmp_path / engine), key.path)).sort(pl.all())
+                              for key in (LOAN_FEATURES, LOAN_OUTCOMES)]
+    assert tables["local"][0].height > 100
+    assert_frames_match(tables["spark"][0], tables["local"][0])
+    assert tables["spark"][1].equals(tables["local"][1])
+
+
 def test_spark_reads_the_curated_history_tables(spark, tmp_path) -> None:
     """From the curated Delta tables (numerics as decimals, as curated writes them): Spark's features and outcomes
     equal the local asset's path (polars `scan_delta`, `KnownHistories.from_histories`)."""
@@ -94,14 +141,7 @@ def test_spark_reads_the_curated_history_tables(spark, tmp_path) -> None:
         spark_known_histories_from_delta,
     )
 
-    _, _, histories = simulated_book()
-    uris = {}
-    for name, frame in histories.items():
-        decimals = {c.name: pl.Decimal(*map(int, c.pg_type.removeprefix("numeric(").rstrip(")").split(",")))
-                    for c in TABLES_BY_NAME[name].columns if c.pg_type.startswith("numeric")}
-        uris[name] = str(tmp_path / f"{name}_history")
-        frame.with_columns(pl.col(c).round(dtype.scale).cast(dtype) for c, dtype in decimals.items()
-                           ).collect().write_delta(uris[name])
+    uris = _curated_histories(tmp_path)
     local_known = KnownHistories.from_histories({name: pl.scan_delta(uri) for name, uri in uris.items()})
     cutoffs = [date(2024, 2, 29), date(2024, 12, 31)]
     known = spark_known_histories_from_delta(spark, uris)

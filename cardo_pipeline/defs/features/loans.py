@@ -12,7 +12,7 @@ from cardo_pipeline.defs.groups import FEATURES
 from cardo_pipeline.defs.keys import curated_history_key, features_key, reference_key
 from cardo_pipeline.defs.quality.pandera_checks import markdown_table, pandera_asset_check
 from cardo_pipeline.defs.reference.assets import POSTCODES
-from cardo_pipeline.defs.resources import LakeResource
+from cardo_pipeline.defs.resources import EngineResource, LakeResource
 from cardo_pipeline.features.loan_features import (
     FEATURE_COLUMNS,
     HISTORY_COLUMNS,
@@ -62,17 +62,29 @@ def partition_of(cutoff: date) -> str:
     return cutoff.replace(day=1).isoformat()
 
 
-def read_known_histories(lake: LakeResource) -> KnownHistories:
+def history_uris(lake: LakeResource) -> dict[str, str]:
+    """The curated histories the features read, by table; a missing one fails the run saying what to do."""
     from cardo_pipeline.ingest.delta_log import load_table
 
-    histories = {}
-    for name in HISTORY_COLUMNS:
-        uri = lake.table(TABLES_BY_NAME[name].layout.history)
+    uris = {name: lake.table(TABLES_BY_NAME[name].layout.history) for name in HISTORY_COLUMNS}
+    for name, uri in uris.items():
         if load_table(uri) is None:
             raise dg.Failure(f"curated/{name}_history does not exist yet ({uri}): materialize the curated group "
                              "first")
-        histories[name] = pl.scan_delta(uri)
-    return KnownHistories.from_histories(histories)
+    return uris
+
+
+def read_known_histories(lake: LakeResource) -> KnownHistories:
+    return KnownHistories.from_histories({name: pl.scan_delta(uri) for name, uri in history_uris(lake).items()})
+
+
+def known_histories_on(engine: str, lake: LakeResource, engines: EngineResource):
+    """The histories as known, read by the asset's engine (the local `KnownHistories` or Spark's)."""
+    if engine == "spark":
+        from cardo_pipeline.spark.features import spark_known_histories_from_delta
+
+        return spark_known_histories_from_delta(engines.spark(), history_uris(lake))
+    return read_known_histories(lake)
 
 
 def write_cutoffs(frame: pl.DataFrame, uri: str, cutoffs: list[date]) -> int:
@@ -105,9 +117,11 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
                     "employment, income, age band, NUTS2 region and its trailing 12-month default rate. No "
                     "personal data.",
     )
-    def loan_features_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    def loan_features_asset(context: dg.AssetExecutionContext, lake: LakeResource,
+                            engine: EngineResource) -> dg.MaterializeResult:
         cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
-        known = read_known_histories(lake)
+        chosen = engine.for_asset(context.asset_key)
+        known = known_histories_on(chosen, lake, engine)
         passed = cutoffs_known(known, start)
         late = [c for c in cutoffs if c not in passed]
         if late:
@@ -117,13 +131,18 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
                 f"{passed[-1] if passed else None}.")
         postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
                                   columns=["country_code", "postcode", "nuts3_code"])
-        frame = loan_features(known, postcodes, cutoffs)
+        if chosen == "spark":
+            from cardo_pipeline.spark.features import loan_features_with_spark
+
+            frame = loan_features_with_spark(engine.spark(), {}, postcodes, cutoffs, known=known)
+        else:
+            frame = loan_features(known, postcodes, cutoffs)
         version = write_cutoffs(frame, lake.table(LOAN_FEATURES.path), cutoffs)
         per_cutoff = frame.group_by("cutoff_date").len().sort("cutoff_date")
         nulls = {c: round(frame[c].null_count() / frame.height, 4) for c in FEATURE_COLUMNS
                  if frame.height and frame[c].null_count()}
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": frame.height, "delta_version": version,
+            "dagster/row_count": frame.height, "delta_version": version, "engine": chosen,
             "cutoffs": f"{cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)})",
             "source_clock": str(known.known_through),
             "rows_per_cutoff": dg.MetadataValue.json({str(k): v for k, v in per_cutoff.iter_rows()}),
@@ -138,10 +157,18 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
                     "at it and whether it defaulted (status defaulted or written off) within those 12 months. "
                     "Rebuilt whole: a cutoff's outcome becomes known a year after its features.",
     )
-    def loan_default_outcomes_asset(lake: LakeResource) -> dg.MaterializeResult:
-        known = read_known_histories(lake)
+    def loan_default_outcomes_asset(context: dg.AssetExecutionContext, lake: LakeResource,
+                                    engine: EngineResource) -> dg.MaterializeResult:
+        chosen = engine.for_asset(context.asset_key)
+        known = known_histories_on(chosen, lake, engine)
         through = known.known_through
-        frame = default_outcomes(known, cutoffs_between(start, through.date()) if through else [])
+        cutoffs = cutoffs_between(start, through.date()) if through else []
+        if chosen == "spark":
+            from cardo_pipeline.spark.features import default_outcomes_with_spark
+
+            frame = default_outcomes_with_spark(engine.spark(), {}, cutoffs, known=known)
+        else:
+            frame = default_outcomes(known, cutoffs)
         from cardo_pipeline.defs.reference.assets import write_table
 
         version = write_table(frame, lake.table(LOAN_OUTCOMES.path))
@@ -150,6 +177,7 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
         rates = rates.with_columns((pl.col("defaults") / pl.col("loans")).round(4).alias("default_rate"))
         return dg.MaterializeResult(metadata={
             "dagster/row_count": frame.height, "delta_version": version, "source_clock": str(through),
+            "engine": chosen,
             "cutoffs_with_outcome": rates.height,
             "default_rate": round(float(frame["default_12m"].mean()), 4) if frame.height else 0.0,
             "default_rate_per_cutoff": dg.MetadataValue.md(markdown_table(rates.to_dicts()) if rates.height
