@@ -17,6 +17,7 @@ from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
 from cardo_pipeline.defs.resources import (
+    EngineResource,
     IcebergResource,
     KafkaResource,
     LakeResource,
@@ -34,9 +35,12 @@ def _materialization(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dic
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
-def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_bootstrap: str,
-                                                                           tmp_path: Path) -> None:
-    prefix = fresh_prefix("curated")
+@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_bootstrap: str, tmp_path: Path,
+                                                                           engine: str, request) -> None:
+    if engine == "spark":
+        request.getfixturevalue("spark")  # the shared test session, not a second JVM
+    prefix = fresh_prefix(f"curated{engine}")
     produce_book(kafka_bootstrap, prefix, loans=40, months=6)
     iceberg = IcebergResource(catalog_uri=f"sqlite:///{tmp_path}/iceberg/catalog.db",
                               warehouse=str(tmp_path / "iceberg" / "warehouse"))
@@ -45,7 +49,8 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
         resources={"kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
                    "lake": LakeResource(root=str(tmp_path)), "iceberg": iceberg,
                    # these topics have no source database: reconciliation is switched off (and so skipped)
-                   "servicing_db": ServicingDatabase(), "quality": QualityResource(reconcile_with_source=False)},
+                   "servicing_db": ServicingDatabase(), "quality": QualityResource(reconcile_with_source=False),
+                   "engine": EngineResource(default=engine)},
     ))
     job = definitions.resolve_implicit_global_asset_job_def()
     selection = ([a.key for a in RAW_ASSETS] + [k for a in CURATED_ASSETS for k in a.keys]
@@ -73,6 +78,7 @@ def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_
         assert current == expected_current, table.name
         assert history == expected_history, table.name
         metadata = _materialization(first, curated_key(table))
+        assert metadata["engine"] == engine
         assert metadata["events_applied"] == len(events)
         assert metadata["dagster/row_count"] == len(expected_current)
         assert metadata["data_files"] >= 1 and metadata["rows_marked_deleted"] >= 0

@@ -12,7 +12,7 @@ import pytest
 from cardo_pipeline.defs.keys import raw_key
 from cardo_pipeline.defs.raw.assets import RAW_ASSETS
 from cardo_pipeline.defs.raw.checks import RAW_CHECKS
-from cardo_pipeline.defs.resources import KafkaResource, LakeResource, QualityResource
+from cardo_pipeline.defs.resources import EngineResource, KafkaResource, LakeResource, QualityResource
 from cardo_pipeline.tables import TABLES_BY_NAME, Column
 from cardo_pipeline_tests.raw_helpers import (
     audit_topic,
@@ -97,6 +97,7 @@ def test_added_column_appears_as_nullable_and_incompatible_change_fails_its_chec
         "kafka": KafkaResource(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
         "lake": LakeResource(root=str(tmp_path)),
         "quality": QualityResource(),
+        "engine": EngineResource(),
     }
     definitions = dg.Definitions(assets=RAW_ASSETS, asset_checks=RAW_CHECKS, resources=resources)
     job = definitions.resolve_implicit_global_asset_job_def()

@@ -66,6 +66,7 @@ def read_batches(
     try:
         consumer.assign([TopicPartition(target.topic, p, target.start.get(p, 0)) for p in todo])
         position = {p: target.start.get(p, 0) for p in todo}
+        paused: set[int] = set()
         last_progress = time.monotonic()
         while any(position[p] < end for p, end in todo.items()):
             batch = KafkaMessages()
@@ -88,9 +89,16 @@ def read_batches(
                 for m in failed:
                     if m.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(m.error())
+                good = [m for m in messages if m.error() is None] if failed else messages
+                # A partition fetches on while others are read: what lies past its end offset is the next run's
+                within = [m for m in good if m.offset() < todo[m.partition()]]
                 start = len(batch)
-                batch.extend([m for m in messages if m.error() is None] if failed else messages)
+                batch.extend(within if len(within) < len(good) else good)
                 position.update(batch.next_offsets(start))
+                done = [p for p, end in todo.items() if position[p] >= end and p not in paused]
+                if done:
+                    consumer.pause([TopicPartition(target.topic, p) for p in done])
+                    paused.update(done)
             if len(batch):
                 yield batch
     finally:
