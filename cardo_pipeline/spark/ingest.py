@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -110,9 +109,8 @@ def ingest_topic_with_spark(
     report = IngestReport(table.name, topic, dict(start), dict(start), dict(target_end), raw_version=raw.version())
     evolved = evolved_columns(raw, table)
     cursor = dict(start)
-    with _small_delta_snapshots(spark):
-        _ingest_rounds(spark, bootstrap, table, topic, raw, dead_letter, cursor, target_end, already_dead, evolved,
-                       max_batch_messages, report, log, after_commit)
+    _ingest_rounds(spark, bootstrap, table, topic, raw, dead_letter, cursor, target_end, already_dead, evolved,
+                   max_batch_messages, report, log, after_commit)
     if report.batches:
         held = OffsetTrackedTable(raw_uri).next_offsets(topic, ordered)
         if held != report.committed_offsets:
@@ -120,26 +118,6 @@ def ingest_topic_with_spark(
                                   f"{report.committed_offsets}")
     report.seconds = time.monotonic() - started
     return report
-
-
-@contextmanager
-def _small_delta_snapshots(spark: SparkSession) -> Iterator[None]:
-    """Delta rebuilds a table's state before every commit in `snapshotPartitions` tasks (50 by default): for the
-    small logs of raw tables that is most of a commit's time in local mode (measured under load: ~4 s a commit with
-    one partition, up to 3x that with 50). Kept at the session's shuffle partitions during the run unless set."""
-    key = "spark.databricks.delta.snapshotPartitions"
-    before = spark.conf.get(key, None)
-    override = before in (None, "50")
-    if override:
-        spark.conf.set(key, spark.conf.get("spark.sql.shuffle.partitions", "4"))
-    try:
-        yield
-    finally:
-        if override:
-            if before is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, before)
 
 
 def _ingest_rounds(spark: SparkSession, bootstrap: str, table: SourceTable, topic: str, raw: OffsetTrackedTable,
