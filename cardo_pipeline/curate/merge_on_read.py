@@ -234,6 +234,15 @@ def _json_shape(add: Mapping) -> dict:
     return shaped
 
 
+def _vector_id(action: Mapping) -> str | None:
+    """The unique id of a file action's deletion vector (None without one): with the path, the file's identity."""
+    vector = action.get("deletionVector")
+    if not vector:
+        return None
+    offset = vector.get("offset")
+    return f"{vector['storageType']}{vector['pathOrInlineDv']}" + ("" if offset is None else f"@{offset}")
+
+
 class MergeOnReadTable:
     """A Delta table with deletion vectors, at a version: read rows with their positions, commit changes."""
 
@@ -277,15 +286,19 @@ class MergeOnReadTable:
                         if add is not None:
                             files[add["path"]] = _json_shape(add)
                 start = checkpoint + 1 if parts else 0
+        # A logical file is its path and its deletion vector (the protocol's reconciliation): a commit that marks
+        # more rows of a file adds (path, new vector) and removes (path, old vector), in either order (Spark's
+        # MERGE writes the add first), so a remove takes out only the entry it names
+        live = {(path, _vector_id(add)): add for path, add in files.items()}
         for v in range(start, version + 1):
             with open(log / f"{v:020d}.json") as commit:
                 for line in commit:
                     action = json.loads(line)
                     if "add" in action:
-                        files[action["add"]["path"]] = action["add"]
+                        live[action["add"]["path"], _vector_id(action["add"])] = action["add"]
                     elif "remove" in action:
-                        files.pop(action["remove"]["path"], None)
-        return files
+                        live.pop((action["remove"]["path"], _vector_id(action["remove"])), None)
+        return {path: add for (path, _), add in live.items()}
 
     def read(self, schema: pa.Schema, key: list[str], keys: pl.DataFrame | None) -> pl.DataFrame:
         """The live rows (of `keys` only, when given) in `schema` (its columns only), each with FILE and ROW."""
