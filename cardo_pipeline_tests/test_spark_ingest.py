@@ -251,3 +251,73 @@ def test_a_table_started_by_either_path_continues_with_the_other(spark, book: Bo
     spark_commits = [c for c in DeltaTable(f"{spark_first}/raw/{table}").history()
                      if c.get("engineInfo", "").startswith("Apache-Spark") and c.get("userMetadata")]
     assert spark_commits and all(json.loads(c["userMetadata"])["cardo.table"] == table for c in spark_commits)
+
+
+_KILLED_MID_WRITE = textwrap.dedent("""
+    import json, os, signal, sys, threading, time
+    from pathlib import Path
+    from cardo_pipeline.spark.session import spark_session
+    from cardo_pipeline.spark.ingest import ingest_topic_with_spark
+    from cardo_pipeline.tables import TABLES_BY_NAME
+
+    bootstrap, table, topic, lake = sys.argv[1:5]
+    raw = Path(lake) / "raw" / table
+    committed_once = threading.Event()
+
+    def committed_files() -> set[str]:
+        files = set()
+        for commit in (raw / "_delta_log").glob("*.json"):
+            for line in commit.read_text().splitlines():
+                action = json.loads(line)
+                if "add" in action:
+                    files.add(action["add"]["path"])
+        return files
+
+    def kill_when_a_file_is_written_but_not_committed() -> None:
+        committed_once.wait()
+        while True:
+            written = {p.name for p in raw.glob("*.parquet")}
+            if written - committed_files():
+                print("killed mid-write", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.002)
+
+    def after_commit(commit):
+        if commit.table == "raw":
+            committed_once.set()
+
+    threading.Thread(target=kill_when_a_file_is_written_but_not_committed, daemon=True).start()
+    ingest_topic_with_spark(spark_session(), bootstrap, TABLES_BY_NAME[table], topic, str(raw),
+                            f"{lake}/raw/_dead_letter", max_batch_messages=int(sys.argv[5]), after_commit=after_commit)
+""")
+
+
+@pytest.mark.timeout(600)
+def test_a_spark_run_killed_while_writing_files_loses_and_doubles_nothing(
+    spark, book: Book, tmp_path: Path, test_env: dict[str, str]
+) -> None:
+    """Killed after its data files are written and before Delta commits them: the files stay behind, unreferenced,
+    and the rerun lands every message exactly once."""
+    table, topic, ends = "payments", book.topic("payments"), book.ends("payments")
+    lake, local = tmp_path / "spark", tmp_path / "local"
+    _python(book, local, table, target_end=ends)
+    batch = max(10, min(ends.values()) // 6)  # several rounds per partition
+    command = [sys.executable, "-c", _KILLED_MID_WRITE, book.bootstrap, table, topic, str(lake), str(batch)]
+    proc = subprocess.Popen(command, env=test_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=480)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and "killed mid-write" in stdout, stdout + stderr[-3000:]
+    raw_uri = f"{lake}/raw/{table}"
+    held = _offsets(lake, table, topic)
+    assert 0 < sum(held.values()) < sum(ends.values())  # some rounds were committed, not all
+    referenced = {Path(f).name for f in DeltaTable(raw_uri).file_uris()}
+    assert {p.name for p in Path(raw_uri).glob("*.parquet")} - referenced  # the killed write's files, orphaned
+
+    report = _spark(spark, book, lake, table, target_end=ends)
+    assert report.start_offsets == held and report.committed_offsets == ends
+    _assert_once(lake, table, topic, sum(ends.values()))
+    assert _raw_rows(lake, table).equals(_raw_rows(local, table))
