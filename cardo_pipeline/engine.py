@@ -9,12 +9,11 @@ settings as config, so a run can switch in the launchpad.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Literal
 
-from cardo_pipeline.settings import ConfigError
+from cardo_pipeline.settings import ConfigError, json_object_setting
 
 Engine = Literal["local", "spark"]
 ENGINES: tuple[Engine, ...] = ("local", "spark")
@@ -31,13 +30,7 @@ def engines_from_env(env: Mapping[str, str] | None = None) -> tuple[Engine, dict
     """(the default engine, per-asset overrides) from CARDO_ENGINE and CARDO_ENGINE_ASSETS."""
     env = os.environ if env is None else env
     default = parse_engine(env.get("CARDO_ENGINE") or "local", "CARDO_ENGINE")
-    raw = env.get("CARDO_ENGINE_ASSETS") or "{}"
-    try:
-        overrides = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"CARDO_ENGINE_ASSETS must be a JSON object of asset key -> engine: {error}") from None
-    if not isinstance(overrides, dict):
-        raise ConfigError(f"CARDO_ENGINE_ASSETS must be a JSON object of asset key -> engine, got {raw!r}")
+    overrides = json_object_setting(env, "CARDO_ENGINE_ASSETS", "asset key -> engine")
     return default, {str(k): parse_engine(str(v), f"CARDO_ENGINE_ASSETS[{k!r}]") for k, v in overrides.items()}
 
 

@@ -7,8 +7,9 @@ variables (see deploy/helm/values.yaml).
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,19 @@ def ensure_dagster_home(dagster_home: Path) -> None:
     if not (dagster_home / "dagster.yaml").exists():
         # No telemetry, and no newsletter dialog over the UI of a local tool.
         (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+
+
+def json_object_setting(env: Mapping[str, str], name: str, what: str) -> dict:
+    """The JSON object in variable `name` (empty when unset); anything else names the variable and says what it
+    should hold (`what`)."""
+    raw = env.get(name) or "{}"
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{name} must be a JSON object of {what}: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a JSON object of {what}, got {raw!r}")
+    return value
 
 
 def _port(env: dict[str, str], name: str, default: int) -> int:

@@ -364,11 +364,11 @@ def _append(rows: DataFrame, uri: str, app_id: str, next_offset: int, metadata: 
     if merge_schema:
         writer = writer.option("mergeSchema", "true")  # image columns added at the source, as the local path does
     writer.save(uri)
-    committed = _committed_offset(uri, app_id)
-    if committed != next_offset:
-        raise ConcurrentIngestError(f"{uri}: {app_id} is at {committed} after committing {next_offset}")
     table = load_table(uri)
     assert table is not None
+    committed = table.transaction_version(app_id) or 0
+    if committed != next_offset:
+        raise ConcurrentIngestError(f"{uri}: {app_id} is at {committed} after committing {next_offset}")
     return table.version()
 
 

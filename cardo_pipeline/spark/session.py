@@ -7,14 +7,13 @@ cluster, `k8s://...` on Kubernetes. Spark's own settings can be added with `CARD
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cardo_pipeline.settings import CardoSettings, ConfigError
+from cardo_pipeline.settings import CardoSettings, ConfigError, json_object_setting
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -35,13 +34,7 @@ class SparkSettings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> SparkSettings:
         env = dict(os.environ if env is None else env)
-        raw_conf = env.get("CARDO_SPARK_CONF") or "{}"
-        try:
-            extra = json.loads(raw_conf)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"CARDO_SPARK_CONF must be a JSON object of Spark settings: {error}") from None
-        if not isinstance(extra, dict):
-            raise ConfigError(f"CARDO_SPARK_CONF must be a JSON object of Spark settings, got {raw_conf!r}")
+        extra = json_object_setting(env, "CARDO_SPARK_CONF", "Spark settings")
         partitions = env.get("CARDO_SPARK_SHUFFLE_PARTITIONS", str(DEFAULT_SHUFFLE_PARTITIONS))
         if not partitions.isdigit() or int(partitions) < 1:
             raise ConfigError(f"CARDO_SPARK_SHUFFLE_PARTITIONS must be a whole number >= 1, got {partitions!r}")
@@ -76,8 +69,6 @@ def spark_conf(settings: CardoSettings, spark: SparkSettings) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.fallback.enabled": "false",
         # The local engine's tables keep timestamps as UTC instants; Spark writes them the same way
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        # Delta's own checks of a MERGE's source would re-read it; the sources here are computed once, cached
-        "spark.databricks.delta.merge.materializeSource": "auto",
         **spark.extra_conf,
     }
 
