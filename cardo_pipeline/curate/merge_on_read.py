@@ -132,20 +132,19 @@ def table_features(table: DeltaTable) -> tuple[set[str], set[str]]:
     """(reader features, writer features) of the table's protocol, legacy versions turned into the features
     they imply; a protocol newer than the table-features one gives a feature of its own name (never handled)."""
     protocol = table.protocol()
-    reader_version, writer_version = protocol.min_reader_version, protocol.min_writer_version
-    if reader_version == 3:
-        reader = set(protocol.reader_features or [])
-    elif reader_version > 3:
-        reader = {f"minReaderVersion={reader_version}"}
-    else:
-        reader = {f for version, implied in _LEGACY_READER.items() if version <= reader_version for f in implied}
-    if writer_version == 7:
-        writer = set(protocol.writer_features or [])
-    elif writer_version > 7:
-        writer = {f"minWriterVersion={writer_version}"}
-    else:
-        writer = {f for version, implied in _LEGACY_WRITER.items() if version <= writer_version for f in implied}
-    return reader, writer
+    return (_features("minReaderVersion", protocol.min_reader_version, 3, protocol.reader_features, _LEGACY_READER),
+            _features("minWriterVersion", protocol.min_writer_version, 7, protocol.writer_features, _LEGACY_WRITER))
+
+
+def _features(name: str, version: int, features_version: int, listed: list[str] | None,
+              legacy: dict[int, tuple[str, ...]]) -> set[str]:
+    """One side of a protocol as features: those listed at the table-features version, those a legacy version
+    implies below it, a feature of its own name above it."""
+    if version == features_version:
+        return set(listed or [])
+    if version > features_version:
+        return {f"{name}={version}"}
+    return {f for since, implied in legacy.items() if since <= version for f in implied}
 
 
 # What a table's properties and schema may put to use, each under a key: a writer implementing a feature may still
@@ -362,7 +361,7 @@ class MergeOnReadTable:
         `change_feed` (the table's columns and `_change_type`) is this commit's change data, as a MERGE would
         record it (an updated row as update_preimage and update_postimage); without it, readers derive the
         feed from the deletion vectors and new files, an update then reading as a delete and an insert."""
-        self.check_protocol()  # before any file is written (and again by `_commit`)
+        self.check_protocol()  # before any file is written
         now = int(time.time() * 1000)
         added_rows = len(rows)
         files = self.files()
@@ -410,6 +409,7 @@ class MergeOnReadTable:
             records = json.loads(add.get("stats") or "{}").get("numRecords")
             if not vector or not records or vector["cardinality"] < min_deleted_share * records:
                 continue
+            self.check_protocol()  # before this file's rewrite: the version held moves with each commit
             live = self._live_scan(path, add).drop(ROW).collect()
             now = int(time.time() * 1000)
             actions: list[dict] = [{"remove": {
@@ -426,7 +426,6 @@ class MergeOnReadTable:
         return purged
 
     def _commit(self, actions: list[dict]) -> int:
-        self.check_protocol()  # of the version the commit follows (protocol and metadata as of that version)
         version = self.version() + 1
         self._write_commit(version, actions)
         self.table.update_incremental()
