@@ -145,10 +145,10 @@ def test_spark_reads_the_curated_history_tables(spark, tmp_path) -> None:
     local_known = KnownHistories.from_histories({name: pl.scan_delta(uri) for name, uri in uris.items()})
     cutoffs = [date(2024, 2, 29), date(2024, 12, 31)]
     known = spark_known_histories_from_delta(spark, uris)
-    features = loan_features_with_spark(spark, uris, postcode_table(), cutoffs, known=known)
+    features = loan_features_with_spark(spark, known, postcode_table(), cutoffs)
     assert features.height > 100
     assert_frames_match(features, loan_features(local_known, postcode_table(), cutoffs))
-    outcomes = default_outcomes_with_spark(spark, uris, cutoffs, known=known)
+    outcomes = default_outcomes_with_spark(spark, known, cutoffs)
     assert outcomes.height > 50 and outcomes.equals(default_outcomes(local_known, cutoffs))
     known.unpersist()
-    assert not loan_features_with_spark(spark, uris, postcode_table(), [], known=known).height
+    assert not loan_features_with_spark(spark, known, postcode_table(), []).height

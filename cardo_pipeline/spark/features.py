@@ -450,16 +450,13 @@ def spark_known_histories_from_delta(spark: SparkSession, history_uris: dict[str
     return spark_known_histories(spark, read_history_tables(spark, history_uris))
 
 
-def loan_features_with_spark(spark: SparkSession, history_uris: dict[str, str], postcodes: pl.DataFrame,
-                             cutoffs: Iterable[date], known: SparkKnownHistories | None = None) -> pl.DataFrame:
-    """The features of `cutoffs` from the curated history tables at `history_uris` (keyed like `HISTORY_COLUMNS`),
-    computed by Spark and returned as polars, as `loan_features` returns them."""
-    known = known or spark_known_histories_from_delta(spark, history_uris)
+def loan_features_with_spark(spark: SparkSession, known: SparkKnownHistories, postcodes: pl.DataFrame,
+                             cutoffs: Iterable[date]) -> pl.DataFrame:
+    """The features of `cutoffs`, computed by Spark and returned as polars, as `loan_features` returns them."""
     return to_polars(spark_loan_features(spark, known, postcodes, cutoffs), feature_schema())
 
 
-def default_outcomes_with_spark(spark: SparkSession, history_uris: dict[str, str], cutoffs: Iterable[date],
-                                known: SparkKnownHistories | None = None) -> pl.DataFrame:
-    """`default_outcomes` of the curated history tables at `history_uris`, computed by Spark, as polars."""
-    known = known or spark_known_histories_from_delta(spark, history_uris)
+def default_outcomes_with_spark(spark: SparkSession, known: SparkKnownHistories,
+                                cutoffs: Iterable[date]) -> pl.DataFrame:
+    """`default_outcomes`, computed by Spark, as polars."""
     return to_polars(spark_default_outcomes(spark, known, cutoffs), OUTCOME_SCHEMA)

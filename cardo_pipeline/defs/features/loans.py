@@ -3,6 +3,7 @@ target): glue around `cardo_pipeline.features`. A month's partition holds the lo
 as known then; its outcome becomes known 12 months later, so outcomes are one table rebuilt whole."""
 
 
+from contextlib import contextmanager
 from datetime import date
 
 import dagster as dg
@@ -78,13 +79,20 @@ def read_known_histories(lake: LakeResource) -> KnownHistories:
     return KnownHistories.from_histories({name: pl.scan_delta(uri) for name, uri in history_uris(lake).items()})
 
 
+@contextmanager
 def known_histories_on(engine: str, lake: LakeResource, engines: EngineResource):
-    """The histories as known, read by the asset's engine (the local `KnownHistories` or Spark's)."""
-    if engine == "spark":
-        from cardo_pipeline.spark.features import spark_known_histories_from_delta
+    """The histories as known, read by the asset's engine (the local `KnownHistories` or Spark's, whose cached
+    frames are released on the way out: the session outlives the run)."""
+    if engine != "spark":
+        yield read_known_histories(lake)
+        return
+    from cardo_pipeline.spark.features import spark_known_histories_from_delta
 
-        return spark_known_histories_from_delta(engines.spark(), history_uris(lake))
-    return read_known_histories(lake)
+    known = spark_known_histories_from_delta(engines.spark(), history_uris(lake))
+    try:
+        yield known
+    finally:
+        known.unpersist()
 
 
 def write_cutoffs(frame: pl.DataFrame, uri: str, cutoffs: list[date]) -> int:
@@ -121,22 +129,23 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
                             engine: EngineResource) -> dg.MaterializeResult:
         cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
         chosen = engine.for_asset(context.asset_key)
-        known = known_histories_on(chosen, lake, engine)
-        passed = cutoffs_known(known, start)
-        late = [c for c in cutoffs if c not in passed]
-        if late:
-            raise dg.Failure(
-                f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
-                f"{known.known_through}): their features cannot be known yet. Materialize cutoffs up to "
-                f"{passed[-1] if passed else None}.")
-        postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
-                                  columns=["country_code", "postcode", "nuts3_code"])
-        if chosen == "spark":
-            from cardo_pipeline.spark.features import loan_features_with_spark
+        with known_histories_on(chosen, lake, engine) as known:
+            through = known.known_through
+            passed = cutoffs_known(known, start)
+            late = [c for c in cutoffs if c not in passed]
+            if late:
+                raise dg.Failure(
+                    f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
+                    f"{through}): their features cannot be known yet. Materialize cutoffs up to "
+                    f"{passed[-1] if passed else None}.")
+            postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
+                                      columns=["country_code", "postcode", "nuts3_code"])
+            if chosen == "spark":
+                from cardo_pipeline.spark.features import loan_features_with_spark
 
-            frame = loan_features_with_spark(engine.spark(), {}, postcodes, cutoffs, known=known)
-        else:
-            frame = loan_features(known, postcodes, cutoffs)
+                frame = loan_features_with_spark(engine.spark(), known, postcodes, cutoffs)
+            else:
+                frame = loan_features(known, postcodes, cutoffs)
         version = write_cutoffs(frame, lake.table(LOAN_FEATURES.path), cutoffs)
         per_cutoff = frame.group_by("cutoff_date").len().sort("cutoff_date")
         nulls = {c: round(frame[c].null_count() / frame.height, 4) for c in FEATURE_COLUMNS
@@ -144,7 +153,7 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
         return dg.MaterializeResult(metadata={
             "dagster/row_count": frame.height, "delta_version": version, "engine": chosen,
             "cutoffs": f"{cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)})",
-            "source_clock": str(known.known_through),
+            "source_clock": str(through),
             "rows_per_cutoff": dg.MetadataValue.json({str(k): v for k, v in per_cutoff.iter_rows()}),
             "null_share": dg.MetadataValue.json(nulls),
             "features": dg.MetadataValue.md(markdown_table(frame.head(5).to_dicts()) if frame.height else "none"),
@@ -160,15 +169,15 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
     def loan_default_outcomes_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                                     engine: EngineResource) -> dg.MaterializeResult:
         chosen = engine.for_asset(context.asset_key)
-        known = known_histories_on(chosen, lake, engine)
-        through = known.known_through
-        cutoffs = cutoffs_between(start, through.date()) if through else []
-        if chosen == "spark":
-            from cardo_pipeline.spark.features import default_outcomes_with_spark
+        with known_histories_on(chosen, lake, engine) as known:
+            through = known.known_through
+            cutoffs = cutoffs_between(start, through.date()) if through else []
+            if chosen == "spark":
+                from cardo_pipeline.spark.features import default_outcomes_with_spark
 
-            frame = default_outcomes_with_spark(engine.spark(), {}, cutoffs, known=known)
-        else:
-            frame = default_outcomes(known, cutoffs)
+                frame = default_outcomes_with_spark(engine.spark(), known, cutoffs)
+            else:
+                frame = default_outcomes(known, cutoffs)
         from cardo_pipeline.defs.reference.assets import write_table
 
         version = write_table(frame, lake.table(LOAN_OUTCOMES.path))
