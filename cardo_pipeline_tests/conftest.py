@@ -78,6 +78,19 @@ def spark(cardo_settings: CardoSettings):
     stop_spark()
 
 
+# Each engine in turn, Spark's marked (`-m "not spark"` leaves it out, and its session is started only by the tests
+# that run)
+ENGINES = ["local", pytest.param("spark", marks=pytest.mark.spark)]
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request) -> str:
+    """A test runs once per engine; the Spark run on the shared test session (not a second JVM)."""
+    if request.param == "spark":
+        request.getfixturevalue("spark")
+    return request.param
+
+
 @pytest.fixture(scope="module", params=["native", "python"])
 def decoder_path(request):
     """Run a decoder test module on both paths: the Rust crate's fast path and the pure Python one."""

@@ -108,11 +108,6 @@ def book_features(engine: LocalEngine | SparkEngine, cutoffs: list[date]) -> pl.
     return cached["features"].filter(pl.col("cutoff_date").is_in(sorted(set(cutoffs))))
 
 
-# The params of a module's `engine` fixture: each engine in turn, Spark's marked (`-m "not spark"` leaves it out,
-# and its session is started only by the tests that run).
-ENGINES = ["local", pytest.param("spark", marks=pytest.mark.spark)]
-
-
 def engine_for(request: pytest.FixtureRequest) -> LocalEngine | SparkEngine:
     if request.param == "local":
         return LocalEngine()

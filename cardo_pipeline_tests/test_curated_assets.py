@@ -35,11 +35,9 @@ def _materialization(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dic
     return {k: v.value for k, v in event.materialization.metadata.items()}
 
 
-@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
 def test_a_book_goes_from_kafka_through_raw_to_curated_as_the_oracle_says(kafka_bootstrap: str, tmp_path: Path,
-                                                                           engine: str, request) -> None:
-    if engine == "spark":
-        request.getfixturevalue("spark")  # the shared test session, not a second JVM
+                                                                           engine_name: str) -> None:
+    engine = engine_name
     prefix = fresh_prefix(f"curated{engine}")
     produce_book(kafka_bootstrap, prefix, loans=40, months=6)
     iceberg = IcebergResource(catalog_uri=f"sqlite:///{tmp_path}/iceberg/catalog.db",

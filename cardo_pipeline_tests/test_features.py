@@ -23,7 +23,8 @@ from cardo_pipeline.features.loan_features import (
 from cardo_pipeline.features.models import loan_default_outcomes_model, loan_features_model
 from cardo_pipeline.features.outcomes import OUTCOME_SCHEMA, cutoffs_with_outcome
 from cardo_pipeline.quality.validate import LazySource, validate
-from cardo_pipeline_tests.feature_helpers import ENGINES, book_features, engine_for, postcode_table, simulated_book
+from cardo_pipeline_tests.conftest import ENGINES
+from cardo_pipeline_tests.feature_helpers import book_features, engine_for, postcode_table, simulated_book
 
 
 def _versions(rows: list[tuple[int, int, str | None, bool]]) -> pl.LazyFrame:

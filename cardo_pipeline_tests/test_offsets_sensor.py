@@ -69,11 +69,9 @@ def test_requests_exactly_the_raw_assets_with_new_messages_and_what_follows_them
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("engine", ["local", pytest.param("spark", marks=pytest.mark.spark)])
 def test_the_run_lands_exactly_the_offset_range_the_sensor_requested(kafka_bootstrap: str, tmp_path: Path,
-                                                                     engine: str, request) -> None:
-    if engine == "spark":
-        request.getfixturevalue("spark")  # the shared test session, not a second JVM
+                                                                     engine_name: str) -> None:
+    engine = engine_name
     prefix = fresh_prefix(f"range{engine}")
     loans = TABLES_BY_NAME["loans"]
     topic = f"{prefix}.public.loans"

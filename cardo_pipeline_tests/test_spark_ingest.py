@@ -173,6 +173,19 @@ _KILLED_RUN = textwrap.dedent("""
 """)
 
 
+def _run_script(script: str, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """(return code, stdout, stderr) of `python -c script args`, run in a process group of its own, so that the
+    Spark JVM a killed driver started goes with it."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=480)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, stdout, stderr
+
+
 def _commits_until_killed(ends: dict[int, int], bad: dict[int, set[int]], batch: int) -> list[tuple[str, int, int]]:
     """The commits `_KILLED_RUN` makes, in order, up to the one it is killed after."""
     cursor, commits = dict.fromkeys(ends, 0), []
@@ -200,16 +213,9 @@ def test_a_spark_run_killed_between_commits_loses_and_doubles_nothing(
     expected = _commits_until_killed(ends, bad, batch)
     assert [c[0] for c in expected[-2:]] == ["raw", "dead_letter"], expected
 
-    command = [sys.executable, "-c", _KILLED_RUN, book.bootstrap, table, topic, str(lake), str(batch)]
-    # its own process group: the Spark JVM the killed driver started goes with it
-    proc = subprocess.Popen(command, env=test_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=480)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL, stdout + stderr[-3000:]
+    returncode, stdout, stderr = _run_script(_KILLED_RUN, [book.bootstrap, table, topic, str(lake), str(batch)],
+                                             test_env)
+    assert returncode == -signal.SIGKILL, stdout + stderr[-3000:]
     commits = [tuple(line.split()[1:]) for line in stdout.splitlines() if line.startswith("committed")]
     assert commits == [(kind, str(p), str(end)) for kind, p, end in expected]
     # the killed partition's dead letters are committed, its rows are not
@@ -302,15 +308,9 @@ def test_a_spark_run_killed_while_writing_files_loses_and_doubles_nothing(
     lake, local = tmp_path / "spark", tmp_path / "local"
     _python(book, local, table, target_end=ends)
     batch = max(10, min(ends.values()) // 6)  # several rounds per partition
-    command = [sys.executable, "-c", _KILLED_MID_WRITE, book.bootstrap, table, topic, str(lake), str(batch)]
-    proc = subprocess.Popen(command, env=test_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=480)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == -signal.SIGKILL and "killed mid-write" in stdout, stdout + stderr[-3000:]
+    returncode, stdout, stderr = _run_script(_KILLED_MID_WRITE,
+                                             [book.bootstrap, table, topic, str(lake), str(batch)], test_env)
+    assert returncode == -signal.SIGKILL and "killed mid-write" in stdout, stdout + stderr[-3000:]
     raw_uri = f"{lake}/raw/{table}"
     held = _offsets(lake, table, topic)
     assert 0 < sum(held.values()) < sum(ends.values())  # some rounds were committed, not all
