@@ -16,6 +16,7 @@ from cardo_pipeline.defs.groups import CURATED, ICEBERG
 from cardo_pipeline.defs.iceberg.assets import ICEBERG_DEFS
 from cardo_pipeline.defs.keys import curated_history_key, curated_key, iceberg_key
 from cardo_pipeline.defs.maintenance.jobs import TABLE_MAINTENANCE_SCHEDULE, table_maintenance
+from cardo_pipeline.defs.marts.assets import build_marts_defs
 from cardo_pipeline.defs.models.pd import build_pd_defs
 from cardo_pipeline.defs.quality.monitoring import build_monitoring
 from cardo_pipeline.defs.raw.assets import DEAD_LETTER_SPEC, RAW_ASSETS
@@ -66,6 +67,7 @@ def defs() -> dg.Definitions:
         GEO_FEATURE_DEFS,
         build_loan_feature_defs(cutoffs),
         build_pd_defs(cutoffs),
+        build_marts_defs(),
         build_monitoring(list(SOURCE_TABLES), freshness_hours(), sensor_interval_seconds()),
         # Steps run in the run's own process: the multiprocess default starts a process per step, each importing
         # the code location again (2-3 s a step, a 28 s curated run for 1 s of work), and the heavy work already

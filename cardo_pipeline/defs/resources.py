@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 
 from cardo_pipeline.engine import Engine, engine_for, engines_from_env, parse_engine
-from cardo_pipeline.settings import CardoSettings
+from cardo_pipeline.settings import CardoSettings, ConfigError
 from cardo_pipeline.tables import DEFAULT_TOPIC_PREFIX, lake_uri, topic_name
 
 
@@ -127,11 +128,38 @@ class EngineResource(dg.ConfigurableResource):
         return spark_session()
 
 
+class MartsResource(dg.ConfigurableResource):
+    """Where the dbt marts are built (one DuckDB file) and their settings, passed to dbt as vars."""
+
+    database: str | None = None  # None: $CARDO_HOME/marts.duckdb
+    lgd: float = 0.45  # loss given default in expected loss (PD x exposure x LGD): Basel F-IRB senior unsecured
+
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else CardoSettings.from_env().home / "marts.duckdb"
+
+    def dbt_vars(self, lake_root: str) -> dict[str, object]:
+        if not 0 <= self.lgd <= 1:
+            raise ConfigError(f"marts.lgd must be a share between 0 and 1, got {self.lgd!r}")
+        return {"lake_root": lake_root, "marts_database": str(self.database_path()), "lgd": self.lgd}
+
+
+def dbt_cli() -> dg.ConfigurableResource:
+    """dbt-core of this Python environment (its `dbt` sits beside the interpreter; PATH may not have it)."""
+    import sys
+
+    from dagster_dbt import DbtCliResource
+
+    from cardo_pipeline.marts import DBT_PROJECT_DIR
+
+    return DbtCliResource(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
+                          dbt_executable=str(Path(sys.executable).parent / "dbt"))
+
+
 def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
         return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
                 "iceberg": IcebergResource(), "quality": QualityResource(), "pd_settings": PdModelResource(),
-                "engine": EngineResource()}
+                "engine": EngineResource(), "marts": MartsResource(), "dbt": dbt_cli()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
@@ -143,6 +171,8 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
             "pd_settings": PdModelResource(tracking_uri=dg.EnvVar("CARDO_MLFLOW_TRACKING_URI"),
                                         oracle_from_simulator=False),
             "engine": EngineResource(),
+            "marts": MartsResource(database=dg.EnvVar("CARDO_MARTS_DATABASE")),
+            "dbt": dbt_cli(),
         }
     raise ValueError(f"CARDO_ENV must be 'local' or 'k8s', got {environment!r}")
 

@@ -1,0 +1,92 @@
+"""`marts/*` and `staging/*`: the dbt project (dbt_project/) as Dagster assets. Each dbt source is the Dagster asset of
+the same key (source `curated`, table `loans` is `curated/loans`), so the lineage runs from the Kafka topics to the
+marts in one graph; dbt's tests are the assets' checks. The marts' materializations carry their charts. Glue only:
+the SQL is in dbt_project/, the charts in cardo_pipeline.marts.plots."""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from cardo_pipeline.defs.groups import MARTS
+from cardo_pipeline.defs.resources import LakeResource, MartsResource
+from cardo_pipeline.marts import DBT_PROJECT_DIR
+
+MARTS_JOB = "build_marts"
+# One DuckDB file takes one writer: runs that build the marts wait for each other instead of failing on its lock.
+MARTS_POOL = "marts_duckdb"
+_PROJECT_INPUTS = ("models", "macros", "tests", "dbt_project.yml", "profiles.yml")
+
+
+def _newest_input(project_dir: Path) -> float:
+    newest = 0.0
+    for name in _PROJECT_INPUTS:
+        path = project_dir / name
+        files = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
+        newest = max([newest, *(f.stat().st_mtime for f in files if f.is_file())])
+    return newest
+
+
+def dbt_project() -> DbtProject:
+    """The dbt project with a manifest as new as its files: `dbt parse` runs when the manifest is missing (a clean
+    checkout) or older than a model, macro, test or project file, so the assets always match the SQL."""
+    project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+    manifest = project.manifest_path
+    if not manifest.exists() or manifest.stat().st_mtime < _newest_input(DBT_PROJECT_DIR):
+        project.preparer.prepare(project)
+    return project
+
+
+class CardoDbtTranslator(DagsterDbtTranslator):
+    """Sources keep dagster-dbt's key (source name, table name: the upstream asset's key); staging views are
+    `staging/<model>`, marts `marts/<model>`; all in the marts group."""
+
+    def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
+        if dbt_resource_props["resource_type"] != "model":
+            return super().get_asset_key(dbt_resource_props)
+        layer = "staging" if "staging" in dbt_resource_props["fqn"] else MARTS
+        return dg.AssetKey([layer, dbt_resource_props["name"]])
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        if dbt_resource_props["resource_type"] != "model":
+            return super().get_group_name(dbt_resource_props)
+        return MARTS
+
+
+def build_marts_defs() -> dg.Definitions:
+    project = dbt_project()
+    translator = CardoDbtTranslator()
+
+    @dbt_assets(manifest=project.manifest_path, project=project, dagster_dbt_translator=translator, name="cardo_marts",
+                pool=MARTS_POOL)
+    def cardo_marts(context: dg.AssetExecutionContext, dbt: DbtCliResource, lake: LakeResource,
+                    marts: MartsResource):
+        from cardo_pipeline.marts.duckdb import connect
+        from cardo_pipeline.marts.plots import mart_charts, row_counts
+
+        database = marts.database_path()
+        database.parent.mkdir(parents=True, exist_ok=True)
+        invocation = dbt.cli(["build", "--vars", json.dumps(marts.dbt_vars(lake.root_uri()))], context=context)
+        # Held until dbt is done: the charts and row counts read the DuckDB file, which dbt holds while it runs.
+        events = list(invocation.stream())
+        built = {event.output_name for event in events if isinstance(event, dg.Output)}
+        names = {output: context.assets_def.get_asset_key_for_output(output).path[-1] for output in built}
+        with connect(database, read_only=True) as conn:
+            counts = row_counts(conn, set(names.values()))
+            charts = mart_charts(conn, set(names.values()))
+        for event in events:
+            if isinstance(event, dg.Output):
+                name = names[event.output_name]
+                extra: dict[str, Any] = {"duckdb_database": str(database)}
+                if name in counts:
+                    extra["dagster/row_count"] = counts[name]
+                extra |= {title: dg.MetadataValue.md(image) for title, image in charts.get(name, {}).items()}
+                event = event.with_metadata({**event.metadata, **extra})
+            yield event
+
+    job = dg.define_asset_job(MARTS_JOB, selection=dg.AssetSelection.assets(cardo_marts),
+                              description="Build the dbt marts (staging views, marts, their tests) from the lake.")
+    return dg.Definitions(assets=[cardo_marts], jobs=[job])
