@@ -131,7 +131,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
         cutoff_partitions,
         known_cutoff_partitions,
     )
-    from cardo_pipeline.defs.groups import RAW, SOURCES
+    from cardo_pipeline.defs.groups import MARTS, RAW, SOURCES
     from cardo_pipeline.defs.models.pd import PD_MODEL, PD_SCORES
     from cardo_pipeline.defs.quality.monitoring import MONITORING_JOB
     from cardo_pipeline.defs.raw.sensor import SENSOR_NAME
@@ -160,7 +160,8 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
         modelling = [LOAN_FEATURES, LOAN_OUTCOMES, PD_MODEL, PD_SCORES]
         rest = [
             k for k in graph.get_all_asset_keys()
-            if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW) and k not in modelling
+            if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW, MARTS)
+            and k not in modelling
         ]
         if rest:
             runs.add(job.execute_in_process(asset_selection=rest, instance=instance, run_config=QUIET,
@@ -176,6 +177,11 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
                 tags={"dagster/asset_partition_range_start": months[0],
                       "dagster/asset_partition_range_end": months[-1]}))
         model = model_figures(instance)
+        # The marts last: they read the features and the champion's scores.
+        marts = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == MARTS]
+        log(f"dbt marts: {len(marts)} models and their tests")
+        runs.add(job.execute_in_process(asset_selection=marts, instance=instance, run_config=QUIET,
+                                        raise_on_error=False))
         # What the monitoring schedule evaluates between runs: Kafka lag, the dead-letter table's model.
         runs.add(definitions.resolve_job_def(MONITORING_JOB).execute_in_process(
             instance=instance, run_config=QUIET, raise_on_error=False))
@@ -299,6 +305,25 @@ def geo_figures(settings: CardoSettings) -> dict:
     return figures
 
 
+def mart_figures(settings: CardoSettings) -> dict:
+    """The dbt models' rows, and the newest cutoff's portfolio KPIs, from the marts' DuckDB file."""
+    from cardo_pipeline.defs.resources import MartsResource
+    from cardo_pipeline.marts.duckdb import connect
+
+    database = MartsResource().database_path()
+    if not database.exists():
+        return {}
+    with connect(database, read_only=True) as conn:
+        models = [name for (name,) in conn.sql("select table_name from information_schema.tables order by 1")
+                  .fetchall()]
+        rows = {name: conn.sql(f'select count(*) from "{name}"').fetchone()[0] for name in models}
+        latest = conn.sql("select * from portfolio_kpis order by cutoff_date desc limit 1").pl() \
+            if "portfolio_kpis" in rows else pl.DataFrame()
+    kpis = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in latest.row(0, named=True).items()} \
+        if latest.height else {}
+    return {"database": str(database), "rows": rows, "latest_portfolio_kpis": kpis}
+
+
 def run_demo(options: DemoOptions, log=print) -> DemoResult:
     settings = CardoSettings.from_env()
     started = time.monotonic()
@@ -348,6 +373,7 @@ def run_demo(options: DemoOptions, log=print) -> DemoResult:
     summary["reconciliation"].update(curated.pop("reconciliation"))
     summary.update(curated)
     summary["geo"] = geo_figures(settings)
+    summary["marts"] = mart_figures(settings)
     path = settings.home / "demo-summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return DemoResult(summary=summary, path=path)
@@ -369,6 +395,22 @@ def _model_line(model: dict) -> str:
             f"AUC {model['auc']:.4f}, Gini {model['gini']:.4f}, KS {model['ks']:.4f}, Brier {model['brier']:.4f}"
             f"{oracle}; {model.get('scored_rows') or 0:,} scores\n"
             f"                   {model.get('mlflow_run', '')}")
+
+
+def _marts_line(marts: dict) -> str:
+    rows = marts.get("rows") or {}
+    if not rows:
+        return "  dbt marts      : not built"
+    kpis = marts.get("latest_portfolio_kpis") or {}
+    line = "  dbt marts      : " + ", ".join(f"{name} {count:,}" for name, count in rows.items()
+                                          if not name.startswith("stg_"))
+    if kpis:
+        late = sum(kpis[f"dpd_{bucket}_balance"] for bucket in ("30_59", "60_89", "90_plus"))
+        line += (f"\n                   {kpis['cutoff_date']}: {kpis['loans_outstanding']:,} loans, balance "
+                 f"{kpis['balance_outstanding']:,.0f}, WA rate {kpis['wa_interest_rate']:.2%}, 30+ dpd "
+                 f"{late / kpis['balance_outstanding']:.2%}, CPR {kpis['cpr'] or 0:.2%}, expected loss "
+                 f"{kpis['expected_loss'] or 0:,.0f}")
+    return line
 
 
 def human_summary(result: DemoResult) -> str:
@@ -394,6 +436,7 @@ def human_summary(result: DemoResult) -> str:
             if isinstance(figures, dict) and "match_rate" in figures)
         + f" ({sum(s.get('geo', {}).get('postcodes_per_country', {}).values()):,} TERCET postcodes)",
         _model_line(s.get("model") or {}),
+        _marts_line(s.get("marts") or {}),
         f"  reconciliation : {sum(r['passed'] for r in s['reconciliation'].values())} of "
         f"{len(s['reconciliation'])} passed (Kafka vs raw, Postgres vs curated, row by row)",
         f"  summary        : {result.path}",

@@ -66,6 +66,7 @@ def vintage_curves_png(vintages: pl.DataFrame) -> bytes:
         axes.plot(curve["months_on_book"], curve["cumulative_default_rate"], linewidth=1.5, label=vintage)
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.set_xlabel("months on book")
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_ylabel("cumulative default rate (count)")
     if vintages.height:
         axes.legend(loc="upper left", fontsize="small", ncols=2)
@@ -73,18 +74,21 @@ def vintage_curves_png(vintages: pl.DataFrame) -> bytes:
 
 
 def delinquency_png(kpis: pl.DataFrame) -> bytes:
-    """Each cutoff's performing balance split by days-past-due bucket, as shares (stacked)."""
+    """Each cutoff's delinquent share of the performing balance, stacked by days-past-due bucket (the current
+    bucket is the rest up to 100%, left out so that the small delinquent shares stay readable)."""
     kpis = kpis.sort("cutoff_date")
-    figure, axes = _figure("Delinquency buckets over time (share of performing balance)")
+    figure, axes = _figure("Delinquent share of performing balance by days past due")
     total = kpis["balance_outstanding"].to_numpy()
     bottom = None
-    for column, label in DPD_BUCKETS:
+    for column, label in DPD_BUCKETS[1:]:
         share = kpis[f"dpd_{column}_balance"].to_numpy() / total
         axes.bar(kpis["cutoff_date"].to_list(), share, width=20, bottom=bottom, label=f"{label} days")
         bottom = share if bottom is None else bottom + share
+    if bottom is not None and len(bottom):
+        axes.set_ylim(0, max(float(bottom.max()) * 1.25, 0.01))  # room for the legend above the bars
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.set_ylabel("share of balance")
-    axes.legend(loc="lower left", fontsize="small", ncols=5)
+    axes.legend(loc="upper left", fontsize="small", ncols=4)
     figure.autofmt_xdate()
     return _png(figure)
 
@@ -100,6 +104,7 @@ def pd_distribution_png(pds: pl.Series, cutoff) -> bytes:
         bins = np.geomspace(low, max(float(values.max()), low * 10), 40)
         axes.hist(np.clip(values, low, None), bins=bins, color="#dd8452")
         axes.set_xscale("log")
+        axes.xaxis.set_major_formatter(PercentFormatter(1.0))
         axes.axvline(float(np.mean(values)), color="black", linestyle="--", linewidth=1,
                      label=f"mean {np.mean(values):.2%}")
         axes.legend(loc="upper right", fontsize="small")

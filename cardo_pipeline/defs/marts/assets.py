@@ -73,7 +73,7 @@ def build_marts_defs() -> dg.Definitions:
         # Held until dbt is done: the charts and row counts read the DuckDB file, which dbt holds while it runs.
         events = list(invocation.stream())
         built = {event.output_name for event in events if isinstance(event, dg.Output)}
-        names = {output: context.assets_def.get_asset_key_for_output(output).path[-1] for output in built}
+        names = {output: context.assets_def.keys_by_output_name[output].path[-1] for output in built}
         with connect(database, read_only=True) as conn:
             counts = row_counts(conn, set(names.values()))
             charts = mart_charts(conn, set(names.values()))
