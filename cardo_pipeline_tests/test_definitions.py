@@ -50,7 +50,7 @@ def test_curated_and_iceberg_follow_raw_through_a_sensor_that_starts_running(def
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     targeted = sensor.asset_selection.resolve(definitions.resolve_asset_graph())
     expected = {k for k in definitions.resolve_asset_graph().get_all_asset_keys()
-                if k.path[0] in ("curated", "iceberg") or k.path[-1].endswith("_geo")}
+                if k.path[0] in ("curated", "iceberg") or (k.path[0] == "features" and k.path[-1].endswith("_geo"))}
     assert targeted == expected and len(expected) == 3 * len(SOURCE_TABLES) + 2
     for key in expected:
         assert definitions.resolve_assets_def(key).automation_conditions_by_key[key] is not None
@@ -95,10 +95,18 @@ def test_command_line_tools_accept_the_definitions(command: list[str], tmp_path:
 
 
 def test_every_table_is_born_with_its_pandera_check(definitions: dg.Definitions) -> None:
-    """Every table of the graph (all but the observed topics, and the PD model, which is a model in MLflow, not a
-    table) has a Pandera check, blocking where its model is ERROR."""
+    """Every table of the graph (all but the observed topics, the PD model, which is a model in MLflow, not a
+    table, and the dbt models, whose checks are their dbt tests) has a Pandera check, blocking where its model is
+    ERROR. Each dbt model has dbt tests declared beside it, a key test among them."""
     graph = definitions.resolve_asset_graph()
-    tables = {key for key in graph.get_all_asset_keys() if key.path[0] != "kafka"
+    dbt_models = {key for key in graph.get_all_asset_keys() if "dbt" in graph.get(key).kinds}
+    assert {k.to_user_string() for k in dbt_models} >= {"marts/loan_tape", "marts/portfolio_kpis",
+                                                        "marts/concentration_by_region", "marts/pd_by_region",
+                                                        "marts/vintage_curves", "staging/stg_curated__loans"}
+    for key in dbt_models:
+        names = [k.name for k in graph.asset_check_keys if k.asset_key == key]
+        assert any(n.startswith(("unique_", "unique_combination_")) for n in names), (key, names)
+    tables = {key for key in graph.get_all_asset_keys() if key.path[0] != "kafka" and key not in dbt_models
               and not ("mlflow" in graph.get(key).kinds and "delta" not in graph.get(key).kinds)}
     checks = {key.asset_key: graph.get_check_spec(key) for key in graph.asset_check_keys
               if key.name == "pandera_schema"}

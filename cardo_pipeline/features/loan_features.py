@@ -109,13 +109,14 @@ def _age_band(birth_date: pl.Expr, cutoff: date) -> pl.Expr:
     return band.otherwise(pl.lit("66+"))
 
 
-def _postcode_regions(borrowers: pl.DataFrame, postcodes: pl.DataFrame) -> pl.DataFrame:
-    """borrower_id -> nuts2_code from the postcode each borrower had at the cutoff (null where it does not match)."""
+def borrower_regions(borrowers: pl.DataFrame, postcodes: pl.DataFrame) -> pl.DataFrame:
+    """borrower_id -> nuts3_code from the postcode each borrower had at the cutoff (null where it does not match
+    TERCET's postcodes, `postcodes`: country_code, postcode, nuts3_code)."""
     normalised = borrowers.select("borrower_id", "country_code", pl.struct("country_code", "postcode").map_elements(
         lambda r: normalise_postcode(r["country_code"], r["postcode"]), return_dtype=pl.String).alias("postcode"))
     joined = normalised.join(postcodes.select("country_code", "postcode", "nuts3_code"),
                              on=["country_code", "postcode"], how="left")
-    return joined.select("borrower_id", pl.col("nuts3_code").str.slice(0, 4).alias("nuts2_code"))
+    return joined.select("borrower_id", "nuts3_code")
 
 
 def _window_overlap(versions: pl.DataFrame, start: datetime, end: datetime) -> pl.DataFrame:
@@ -185,7 +186,8 @@ def features_at(known: KnownHistories, postcodes: pl.DataFrame, cutoff: date) ->
     loans = known.loans
     active = as_of(loans.lazy(), "loan_id", end).filter(pl.col("status") == "active").collect()
     borrowers = as_of(known.borrowers.lazy(), "borrower_id", end).collect()
-    regions = _postcode_regions(borrowers, postcodes)
+    regions = borrower_regions(borrowers, postcodes).select(
+        "borrower_id", pl.col("nuts3_code").str.slice(0, 4).alias("nuts2_code"))
 
     dpd = active.select("loan_id")
     for m in WINDOWS_MONTHS:

@@ -1,5 +1,5 @@
-"""Pandera models of `features/loan_features` and `features/loan_default_outcomes` (ERROR: the PD model trains and
-scores on them, so what breaks them stops it)."""
+"""Pandera models of `features/loan_features`, `features/loan_default_outcomes` (ERROR: the PD model trains and
+scores on them, so what breaks them stops it) and `features/loan_snapshots` (ERROR: the loan tape is built on it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pandera.polars as pa
 import polars as pl
 
 from cardo_pipeline.features.loan_features import AGE_BANDS, WINDOWS_MONTHS, feature_schema
+from cardo_pipeline.features.loan_snapshots import ACTIVE, snapshot_schema
 from cardo_pipeline.quality.models import Severity, model, row_check
 from cardo_pipeline.tables import TABLES_BY_NAME
 
@@ -80,4 +81,39 @@ def loan_default_outcomes_model() -> pa.DataFrameSchema:
         unique=["loan_id", "cutoff_date"], severity=Severity.ERROR, key=["loan_id", "cutoff_date"],
         description="Whether each loan active at a cutoff defaulted in the 12 months after it; only cutoffs whose "
                     "12 months have passed.",
+    )
+
+
+SNAPSHOT_NULLABLE = {"previous_status", "previous_outstanding_principal", "nuts3_code"}
+
+
+def loan_snapshots_model() -> pa.DataFrameSchema:
+    statuses = _enum("loans", "status")
+    checks = {
+        "product": [pa.Check.isin(_enum("loans", "product"))],
+        "status": [pa.Check.isin(statuses)],
+        "previous_status": [pa.Check.isin(statuses)],
+        "country_code": [pa.Check.str_matches(r"^[A-Z]{2}$")],
+        "nuts3_code": [pa.Check.str_matches(r"^[A-Z]{2}[0-9A-Z]{3}$")],
+        "principal": [pa.Check.gt(0)],
+        "term_months": [pa.Check.gt(0)],
+    }
+    for name in ("interest_rate", "seasoning_months", "outstanding_principal", "days_past_due",
+                 "previous_outstanding_principal"):
+        checks.setdefault(name, []).append(pa.Check.ge(0))
+    columns = {name: pa.Column(dtype, nullable=name in SNAPSHOT_NULLABLE, checks=checks.get(name, []))
+               for name, dtype in snapshot_schema().items()}
+    return model(
+        "LoanSnapshots", columns,
+        checks=[
+            row_check("a loan on the tape is active at the cutoff or was active (or unknown) at the previous one",
+                      (pl.col("status") == ACTIVE) | (pl.col("previous_status") == ACTIVE)
+                      | pl.col("previous_status").is_null()),
+            row_check("outstanding principal never exceeds the principal",
+                      pl.col("outstanding_principal") <= pl.col("principal")),
+        ],
+        unique=["loan_id", "cutoff_date"], severity=Severity.ERROR, key=["loan_id", "cutoff_date"],
+        description="One row per loan and month-end cutoff: the loans active at the cutoff, closed in its month or "
+                    "originated in it, each as known at the cutoff, with its status and balance at the previous "
+                    "cutoff and its borrower's region.",
     )

@@ -1,6 +1,8 @@
-"""`features/loan_features` (one partition per monthly cutoff) and `features/loan_default_outcomes` (the PD model's
-target): glue around `cardo_pipeline.features`. A month's partition holds the loans active at the month's last day,
-as known then; its outcome becomes known 12 months later, so outcomes are one table rebuilt whole."""
+"""`features/loan_features` and `features/loan_snapshots` (one partition per monthly cutoff) and
+`features/loan_default_outcomes` (the PD model's target): glue around `cardo_pipeline.features`. A month's features
+partition holds the loans active at the month's last day, as known then, its snapshots partition also the loans
+closed or originated in the month; its outcome becomes known 12 months later, so outcomes are one table rebuilt
+whole."""
 
 
 from contextlib import contextmanager
@@ -23,13 +25,15 @@ from cardo_pipeline.features.loan_features import (
     loan_features,
     month_end,
 )
-from cardo_pipeline.features.models import loan_default_outcomes_model, loan_features_model
+from cardo_pipeline.features.loan_snapshots import loan_snapshots
+from cardo_pipeline.features.models import loan_default_outcomes_model, loan_features_model, loan_snapshots_model
 from cardo_pipeline.features.outcomes import default_outcomes
 from cardo_pipeline.quality.validate import delta_source
 from cardo_pipeline.tables import TABLES_BY_NAME
 
 LOAN_FEATURES = features_key("loan_features")
 LOAN_OUTCOMES = features_key("loan_default_outcomes")
+LOAN_SNAPSHOTS = features_key("loan_snapshots")
 HISTORIES = [curated_history_key(TABLES_BY_NAME[name]) for name in HISTORY_COLUMNS]
 
 
@@ -110,6 +114,32 @@ def write_cutoffs(frame: pl.DataFrame, uri: str, cutoffs: list[date]) -> int:
     return DeltaTable(uri).version()
 
 
+def require_known(known: KnownHistories, cutoffs: list[date], start: date, table: str) -> None:
+    """Fail the run when a cutoff asked for is past what the servicing data shows (nothing is known of it yet)."""
+    passed = cutoffs_known(known, start)
+    late = [c for c in cutoffs if c not in passed]
+    if late:
+        raise dg.Failure(
+            f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
+            f"{known.known_through}): their {table} cannot be known yet. Materialize cutoffs up to "
+            f"{passed[-1] if passed else None}.")
+
+
+def read_postcodes(lake: LakeResource) -> pl.DataFrame:
+    return pl.read_delta(lake.table(reference_key(POSTCODES).path), columns=["country_code", "postcode", "nuts3_code"])
+
+
+def status_counts(frame: pl.DataFrame) -> str:
+    """A markdown table of the rows per status (columns) per cutoff (rows)."""
+    if not frame.height:
+        return "none"
+    counts = frame.group_by("cutoff_date", "status").len()
+    statuses = sorted(counts["status"].unique())
+    per_cutoff = counts.pivot("status", index="cutoff_date", values="len").sort("cutoff_date").fill_null(0)
+    return markdown_table([{"cutoff": row["cutoff_date"], **{s: row[s] for s in statuses}}
+                           for row in per_cutoff.iter_rows(named=True)])
+
+
 def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions:
     start = cutoff_of(cutoffs_def.get_first_partition_key())
 
@@ -131,15 +161,8 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
         chosen = engine.for_asset(context.asset_key)
         with known_histories_on(chosen, lake, engine) as known:
             through = known.known_through
-            passed = cutoffs_known(known, start)
-            late = [c for c in cutoffs if c not in passed]
-            if late:
-                raise dg.Failure(
-                    f"{len(late)} cutoff(s) from {late[0]} are past what the servicing data shows (its clock reads "
-                    f"{through}): their features cannot be known yet. Materialize cutoffs up to "
-                    f"{passed[-1] if passed else None}.")
-            postcodes = pl.read_delta(lake.table(reference_key(POSTCODES).path),
-                                      columns=["country_code", "postcode", "nuts3_code"])
+            require_known(known, cutoffs, start, "features")
+            postcodes = read_postcodes(lake)
             if chosen == "spark":
                 from cardo_pipeline.spark.features import loan_features_with_spark
 
@@ -157,6 +180,37 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
             "rows_per_cutoff": dg.MetadataValue.json({str(k): v for k, v in per_cutoff.iter_rows()}),
             "null_share": dg.MetadataValue.json(nulls),
             "features": dg.MetadataValue.md(markdown_table(frame.head(5).to_dicts()) if frame.height else "none"),
+        })
+
+    @dg.asset(
+        key=LOAN_SNAPSHOTS, group_name=FEATURES, kinds={"delta", "polars"}, partitions_def=cutoffs_def,
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[*HISTORIES, reference_key(POSTCODES)],
+        tags={"cardo/layer": "features"},
+        description="The loan tape's base: one row per loan and month-end cutoff, from the curated SCD2 histories "
+                    "as known at the cutoff by the source's clock. A row is the loan's terms, seasoning, "
+                    "outstanding principal, status and days past due at the cutoff, its status and outstanding "
+                    "principal at the previous cutoff, and its borrower's country and NUTS3 region. The loans on "
+                    "it are those active at the cutoff and also those closed (repaid, defaulted, written off) or "
+                    "originated during the cutoff's month: a month's default rate and prepayment rate count the "
+                    "loans that left the book in it, which the active loans alone cannot show. A loan closed "
+                    "before the previous cutoff is not on it. Computed locally (polars).",
+    )
+    def loan_snapshots_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
+        known = read_known_histories(lake)
+        through = known.known_through
+        require_known(known, cutoffs, start, "snapshots")
+        frame = loan_snapshots(known, read_postcodes(lake), cutoffs)
+        version = write_cutoffs(frame, lake.table(LOAN_SNAPSHOTS.path), cutoffs)
+        per_cutoff = frame.group_by("cutoff_date").len().sort("cutoff_date")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": frame.height, "delta_version": version, "engine": "local",
+            "cutoffs": f"{cutoffs[0]}..{cutoffs[-1]} ({len(cutoffs)})",
+            "source_clock": str(through),
+            "rows_per_cutoff": dg.MetadataValue.json({str(k): v for k, v in per_cutoff.iter_rows()}),
+            "status_per_cutoff": dg.MetadataValue.md(status_counts(frame)),
+            "unmatched_region_share": round(frame["nuts3_code"].null_count() / frame.height, 4) if frame.height
+            else 0.0,
         })
 
     @dg.asset(
@@ -196,9 +250,11 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
     checks = [
         pandera_asset_check(key, model, lambda context, key=key: delta_source(context.resources.lake.table(key.path)),
                             name="pandera_schema", required_resource_keys={"lake"})
-        for key, model in ((LOAN_FEATURES, loan_features_model()), (LOAN_OUTCOMES, loan_default_outcomes_model()))
+        for key, model in ((LOAN_FEATURES, loan_features_model()), (LOAN_SNAPSHOTS, loan_snapshots_model()),
+                           (LOAN_OUTCOMES, loan_default_outcomes_model()))
     ]
-    return dg.Definitions(assets=[loan_features_asset, loan_default_outcomes_asset], asset_checks=checks)
+    return dg.Definitions(assets=[loan_features_asset, loan_snapshots_asset, loan_default_outcomes_asset],
+                          asset_checks=checks)
 
 
 def known_cutoff_partitions(lake: LakeResource, cutoffs_def: dg.MonthlyPartitionsDefinition) -> list[str]:

@@ -14,6 +14,7 @@ import psycopg
 from cardo_pipeline.defs.features.loans import (
     LOAN_FEATURES,
     LOAN_OUTCOMES,
+    LOAN_SNAPSHOTS,
     cutoff_of,
     known_cutoff_partitions,
     write_cutoffs,
@@ -142,9 +143,9 @@ def build_monthly_schedule(job, cutoffs_def: dg.MonthlyPartitionsDefinition) -> 
 
     @dg.schedule(name=MONTHLY_SCHEDULE, job=job, cron_schedule="0 4 2 * *", execution_timezone="UTC",
                  default_status=dg.DefaultScheduleStatus.RUNNING,
-                 description="On the 2nd of each month: the month just ended (features, outcomes known so far, "
-                             "scores). Skips, saying why, while the servicing data has not reached the month's end "
-                             "(a source that stopped, or a simulated book that ends earlier).")
+                 description="On the 2nd of each month: the month just ended (features, loan snapshots, outcomes "
+                             "known so far, scores). Skips, saying why, while the servicing data has not reached the "
+                             "month's end (a source that stopped, or a simulated book that ends earlier).")
     def monthly_schedule(context: dg.ScheduleEvaluationContext, lake: LakeResource):
         scheduled = context.scheduled_execution_time.date()
         partition = (scheduled.replace(day=1) - timedelta(days=1)).replace(day=1).isoformat()
@@ -219,9 +220,9 @@ def build_pd_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.Definitions
     retrain = dg.define_asset_job(RETRAIN_JOB, selection=[PD_MODEL],
                                   description="Train, log and register the PD model; champion only if it wins.")
     monthly = dg.define_asset_job(
-        MONTHLY_JOB, selection=dg.AssetSelection.assets(LOAN_FEATURES, LOAN_OUTCOMES, PD_SCORES),
-        partitions_def=cutoffs_def, description="A month's features, the outcomes known so far, and the month's "
-                                                "scores from the champion.")
+        MONTHLY_JOB, selection=dg.AssetSelection.assets(LOAN_FEATURES, LOAN_SNAPSHOTS, LOAN_OUTCOMES, PD_SCORES),
+        partitions_def=cutoffs_def, description="A month's features and loan snapshots, the outcomes known so far, "
+                                                "and the month's scores from the champion.")
     return dg.Definitions(
         assets=[pd_model_asset, pd_scores], asset_checks=[auc_near_the_oracle, scores_stable, scores_schema],
         jobs=[retrain, monthly],
