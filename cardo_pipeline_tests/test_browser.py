@@ -3,23 +3,16 @@ stack's MLflow server shows the registered model with its `champion` alias."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from cardo_pipeline.definitions import defs
-from cardo_pipeline.settings import ensure_dagster_home
+from cardo_pipeline_tests.browser_helpers import dagster_dev as serve_dagster
 
 pytestmark = pytest.mark.browser
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -34,57 +27,10 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dagster_dev(tmp_path: Path, test_env: dict[str, str]):
-    port = _free_port()
-    env = {**test_env, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    ensure_dagster_home(Path(env["DAGSTER_HOME"]))
-    log = open(tmp_path / "dagster-dev.log", "wb")  # noqa: SIM115 - closed after the server stops
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # dagster dev spawns a code server and a daemon: stop the whole group
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"dagster dev did not serve: {(tmp_path / 'dagster-dev.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(1)
+    with serve_dagster(tmp_path / "dagster_home", test_env, tmp_path / "dagster-dev.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

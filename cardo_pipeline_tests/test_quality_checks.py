@@ -24,9 +24,11 @@ from cardo_pipeline.defs.resources import (
     IcebergResource,
     KafkaResource,
     LakeResource,
+    MartsResource,
     PdModelResource,
     QualityResource,
     ServicingDatabase,
+    dbt_cli,
 )
 from cardo_pipeline.kafka_topics import end_offsets
 from cardo_pipeline.simulator.changes import RowChange, Transaction
@@ -38,7 +40,8 @@ LOANS = TABLES_BY_NAME["loans"]
 
 
 def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, pd_settings: PdModelResource | None = None,
-                engine: EngineResource | None = None, **quality) -> dg.Definitions:
+                engine: EngineResource | None = None, marts: MartsResource | None = None,
+                **quality) -> dg.Definitions:
     """The real code location's assets and checks, with resources pointing at this test's topics and lake (and,
     for tests that run the PD model, at their own MLflow model name)."""
     code_location = defs()
@@ -54,6 +57,8 @@ def definitions(tmp_path: Path, bootstrap: str, prefix: str, dsn: str, pd_settin
         "quality": QualityResource(**quality),
         "pd_settings": pd_settings or PdModelResource(oracle_from_simulator=False),
         "engine": engine or EngineResource(),
+        "marts": marts or MartsResource(database=str(tmp_path / "marts.duckdb")),
+        "dbt": dbt_cli(),
     })
 
 
