@@ -7,3 +7,8 @@
 {% macro annualised(monthly) -%}
     1 - power(1 - ({{ monthly }}), 12)
 {%- endmacro %}
+
+{#- loss given default (var `lgd`, a share), as a double so that every figure it enters stays one -#}
+{% macro lgd() -%}
+    cast({{ var('lgd') }} as double)
+{%- endmacro %}

@@ -3,6 +3,7 @@ the same key (source `curated`, table `loans` is `curated/loans`), so the lineag
 marts in one graph; dbt's tests are the assets' checks. The marts' materializations carry their charts. Glue only:
 the SQL is in dbt_project/, the charts in cardo_pipeline.marts.plots."""
 
+import fcntl
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from cardo_pipeline.defs.groups import MARTS
-from cardo_pipeline.defs.resources import LakeResource, MartsResource
+from cardo_pipeline.defs.resources import LakeResource, MartsResource, dbt_cli
 from cardo_pipeline.marts import DBT_PROJECT_DIR
 
 MARTS_JOB = "build_marts"
@@ -35,8 +36,18 @@ def dbt_project() -> DbtProject:
     checkout) or older than a model, macro, test or project file, so the assets always match the SQL."""
     project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
     manifest = project.manifest_path
-    if not manifest.exists() or manifest.stat().st_mtime < _newest_input(DBT_PROJECT_DIR):
-        project.preparer.prepare(project)
+
+    def stale() -> bool:
+        return not manifest.exists() or manifest.stat().st_mtime < _newest_input(DBT_PROJECT_DIR)
+
+    if stale():
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        # one parse at a time (dagster dev's code server and a test may load the definitions together)
+        with open(manifest.parent / ".cardo-parse.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if stale():
+                # dagster-dbt's own preparer runs the `dbt` on PATH, which a venv's interpreter run directly lacks
+                dbt_cli().cli(["parse", "--quiet"], target_path=project.target_path).wait()
     return project
 
 

@@ -77,7 +77,7 @@ select
     nuts2.nuts_name as nuts2_name,
     nuts3.nuts_name as nuts3_name,
     -- expected loss over the next 12 months of a performing loan: PD x exposure (its balance) x LGD
-    case when tape.is_performing then tape.pd_12m * tape.outstanding_principal * {{ var('lgd') }} end
+    case when tape.is_performing then tape.pd_12m * tape.outstanding_principal * {{ lgd() }} end
         as expected_loss
 from tape
 left join regions as nuts1 on tape.nuts1_code = nuts1.nuts_code

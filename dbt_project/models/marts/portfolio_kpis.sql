@@ -72,7 +72,7 @@ select
     performing.loans_scored,
     performing.wa_pd_12m,
     performing.expected_loss,
-    {{ var('lgd') }} as lgd,
+    {{ lgd() }} as lgd,
     {{ ratio('performing.expected_loss', 'performing.balance_outstanding') }} as expected_loss_rate
 from performing
 inner join flows on performing.cutoff_date = flows.cutoff_date
