@@ -6,6 +6,7 @@ back, and a commit that lands between locating rows and committing their deletes
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -339,3 +340,28 @@ def test_the_comparison_finds_rows_missing_stray_or_different_in_the_mirror(tmp_
     assert (found.only_in_delta, found.only_in_iceberg, found.differing) == (1, 1, 1)
     assert {(s["problem"], s["id"]) for s in found.samples} == {("only in delta", 3), ("only in iceberg", 99),
                                                                 ("differs", 2)}
+
+
+def test_duckdb_reads_the_curated_delta_table_and_its_mirror_as_polars_and_pyiceberg_do(tmp_path) -> None:
+    """The marts' readers: DuckDB's delta extension applies the deletion vectors this project writes, its iceberg
+    extension the mirror's position deletes (both from the duckdb-ext-* wheels, offline)."""
+    from cardo_pipeline.marts.duckdb import connect
+
+    lake, source = loaded_lake(str(tmp_path), range(1, 41))
+    done = len(source.events)
+    done = changed_ids(lake, source, done, write=[1, 2, 3], delete=[4, 5], insert=[41, 42])
+    changed_ids(lake, source, done, write=[2, 41], delete=[1, 6], insert=[4, 43])
+    lake.mirror.sync()
+    current = lake.store.locations.current
+    log = "".join(Path(f).read_text() for f in sorted(glob.glob(f"{current}/_delta_log/*.json")))
+    assert '"deletionVector":{' in log.replace(" ", "")  # the table really carries deletion vectors
+    iceberg = lake.mirror.iceberg_table()
+    assert len(iceberg.inspect.delete_files()) > 0  # and its mirror position-delete files
+
+    expected = delta_rows(current)
+    assert iceberg_rows(lake.mirror) == expected
+    with connect() as conn:
+        through_delta = conn.sql(f"select * from delta_scan('{current}')").to_arrow_table()
+        through_iceberg = conn.sql(f"select * from iceberg_scan('{iceberg.metadata_location}')").to_arrow_table()
+    assert _rows(through_delta.select(current_schema(THINGS).names)) == expected
+    assert _rows(through_iceberg.select(current_schema(THINGS).names)) == expected

@@ -119,7 +119,8 @@ def mart_charts(conn, built: set[str]) -> dict[str, dict[str, str]]:
     if "portfolio_kpis" in built:
         kpis = conn.sql("select * from portfolio_kpis order by cutoff_date").pl()
         if kpis.height:
-            charts["portfolio_kpis"] = {"delinquency_over_time": markdown_image("delinquency buckets over time",
+            charts["portfolio_kpis"] = {"latest_cutoff": latest_kpis_markdown(kpis),
+                                        "delinquency_over_time": markdown_image("delinquency buckets over time",
                                                                                 delinquency_png(kpis))}
     if "concentration_by_region" in built:
         concentration = conn.sql("select * from concentration_by_region where nuts_level = 2").pl()
@@ -138,6 +139,19 @@ def mart_charts(conn, built: set[str]) -> dict[str, dict[str, str]]:
                 charts.setdefault(mart, {})["pd_distribution"] = markdown_image(
                     "PD distribution", pd_distribution_png(pds, cutoff))
     return charts
+
+
+def latest_kpis_markdown(kpis: pl.DataFrame) -> str:
+    """The newest cutoff's KPIs as a two-column markdown table (what an analyst reads first)."""
+    latest = kpis.sort("cutoff_date").row(-1, named=True)
+    lines = ["| KPI | value |", "|---|---|"]
+    for name, value in latest.items():
+        if isinstance(value, float):
+            shown = f"{value:,.2f}" if abs(value) >= 100 else f"{value:.6f}"
+        else:
+            shown = f"{value:,}" if isinstance(value, int) else str(value)
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines)
 
 
 def _tables(conn) -> set[str]:
