@@ -17,7 +17,8 @@ from cardo_pipeline.defs.resources import LakeResource, MartsResource, dbt_cli
 from cardo_pipeline.marts import DBT_PROJECT_DIR
 
 MARTS_JOB = "build_marts"
-# One DuckDB file takes one writer: runs that build the marts wait for each other instead of failing on its lock.
+# One DuckDB file takes one writer: the asset serialises its builds with a file lock, and the pool shows that
+# in the UI (and limits them wherever the instance sets a pool limit).
 MARTS_POOL = "marts_duckdb"
 _PROJECT_INPUTS = ("models", "macros", "tests", "dbt_project.yml", "profiles.yml")
 
@@ -78,16 +79,20 @@ def build_marts_defs() -> dg.Definitions:
         from cardo_pipeline.marts.duckdb import connect
         from cardo_pipeline.marts.plots import mart_charts, row_counts
 
+        _require_sources(context, lake)
         database = marts.database_path()
         database.parent.mkdir(parents=True, exist_ok=True)
-        invocation = dbt.cli(["build", "--vars", json.dumps(marts.dbt_vars(lake.root_uri()))], context=context)
-        # Held until dbt is done: the charts and row counts read the DuckDB file, which dbt holds while it runs.
-        events = list(invocation.stream())
-        built = {event.output_name for event in events if isinstance(event, dg.Output)}
-        names = {output: context.assets_def.keys_by_output_name[output].path[-1] for output in built}
-        with connect(database, read_only=True) as conn:
-            counts = row_counts(conn, set(names.values()))
-            charts = mart_charts(conn, set(names.values()))
+        # DuckDB takes one writer per file: a second run waits here instead of failing on the file's lock.
+        with open(f"{database}.build-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            invocation = dbt.cli(["build", "--vars", json.dumps(marts.dbt_vars(lake.root_uri()))], context=context)
+            # Held until dbt is done: the charts and row counts read the DuckDB file, which dbt holds while it runs.
+            events = list(invocation.stream())
+            built = {event.output_name for event in events if isinstance(event, dg.Output)}
+            names = {output: context.assets_def.keys_by_output_name[output].path[-1] for output in built}
+            with connect(database, read_only=True) as conn:
+                counts = row_counts(conn, set(names.values()))
+                charts = mart_charts(conn, set(names.values()))
         for event in events:
             if isinstance(event, dg.Output):
                 name = names[event.output_name]
@@ -101,3 +106,17 @@ def build_marts_defs() -> dg.Definitions:
     job = dg.define_asset_job(MARTS_JOB, selection=dg.AssetSelection.assets(cardo_marts),
                               description="Build the dbt marts (staging views, marts, their tests) from the lake.")
     return dg.Definitions(assets=[cardo_marts], jobs=[job])
+
+
+def _require_sources(context: dg.AssetExecutionContext, lake: LakeResource) -> None:
+    """The Delta tables the selected models read must exist: otherwise fail naming the assets to materialize first
+    (dbt would only say that delta_scan found no table)."""
+    from cardo_pipeline.ingest.delta_log import load_table
+
+    own = set(context.assets_def.keys)
+    upstream = {dep for key in context.selected_asset_keys for dep in context.assets_def.asset_deps.get(key, ())
+                if dep not in own}
+    missing = sorted(key.to_user_string() for key in upstream if load_table(lake.table(key.path)) is None)
+    if missing:
+        raise dg.Failure(f"the marts read {', '.join(missing)}, not materialized yet: materialize them first "
+                         "(make demo does it all; the features and scores through the job monthly_features_and_scores)")
