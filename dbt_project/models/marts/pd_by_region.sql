@@ -5,7 +5,7 @@ with tape as (
 ),
 
 outcomes as (
-    select * from {{ ref('stg_features__loan_default_outcomes') }}
+    select * from {{ ref('stg_features__loan_outcomes') }}
 )
 
 select
