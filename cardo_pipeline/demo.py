@@ -128,6 +128,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
     from cardo_pipeline.defs.features.loans import (
         LOAN_FEATURES,
         LOAN_OUTCOMES,
+        LOAN_SNAPSHOTS,
         cutoff_partitions,
         known_cutoff_partitions,
     )
@@ -157,7 +158,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
             runs.add(job.execute_in_process(asset_selection=request.asset_selection, instance=instance,
                                             tags=tags, run_config=QUIET, raise_on_error=False))
 
-        modelling = [LOAN_FEATURES, LOAN_OUTCOMES, PD_MODEL, PD_SCORES]
+        modelling = [LOAN_FEATURES, LOAN_SNAPSHOTS, LOAN_OUTCOMES, PD_MODEL, PD_SCORES]
         rest = [
             k for k in graph.get_all_asset_keys()
             if graph.get(k).is_executable and graph.get(k).group_name not in (SOURCES, RAW, MARTS)
@@ -167,7 +168,7 @@ def run_asset_graph(settings: CardoSettings, log=print) -> dict:
             runs.add(job.execute_in_process(asset_selection=rest, instance=instance, run_config=QUIET,
                                             raise_on_error=False))
         # Every month the servicing data has passed, in one run (the assets' single-run backfill policy): the
-        # features, the outcomes known so far, the model trained on them, and the champion's scores.
+        # features and snapshots, the outcomes known so far, the model trained on them, and the champion's scores.
         months = known_cutoff_partitions(LakeResource(), cutoff_partitions())
         log(f"features, PD model and scores for {len(months)} monthly cutoffs"
             + (f" ({months[0]}..{months[-1]})" if months else ""))
