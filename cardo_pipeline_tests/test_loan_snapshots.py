@@ -23,7 +23,7 @@ from cardo_pipeline.features.loan_features import (
     months_before,
 )
 from cardo_pipeline.features.loan_snapshots import SNAPSHOT_COLUMNS, loan_snapshots, snapshot_schema
-from cardo_pipeline.features.models import loan_snapshots_model
+from cardo_pipeline.features.models import TAPE_RULE, loan_snapshots_model
 from cardo_pipeline.quality.validate import LazySource, validate
 from cardo_pipeline_tests.feature_helpers import postcode_table, simulated_book
 
@@ -74,19 +74,28 @@ def test_the_closed_rows_are_the_loans_active_at_the_previous_cutoff_and_no_long
         # a loan new on the tape is one originated in the month
         assert originated["origination_date"].is_between(previous, cutoff, closed="right").all()
         assert set(originated["loan_id"]).isdisjoint(before["loan_id"])
-        closed = set(now.filter(pl.col("status") != "active")["loan_id"])
+        leaving = now.filter((pl.col("status") != "active") & (pl.col("previous_status").is_null()
+                                                               | (pl.col("previous_status") == "active")))
+        closed = set(leaving["loan_id"])
         assert closed == (active_before - active_now) | (closed & set(originated["loan_id"]))
-        # nothing closed before the previous cutoff, and the previous state is the previous row's
-        assert set(now["loan_id"]) <= active_before | set(originated["loan_id"])
+        # the defaulted stay (the non-performing stock) until written off; nothing repaid or written off before the
+        # previous cutoff is here, and the previous state is the previous row's
+        defaulted_before = set(before.filter(pl.col("status") == "defaulted")["loan_id"])
+        stock = now.filter(pl.col("previous_status") == "defaulted")
+        assert set(stock["loan_id"]) <= defaulted_before and (stock["status"] == "defaulted").all()
+        assert set(now["loan_id"]) <= active_before | defaulted_before | set(originated["loan_id"])
         carried = now.join(before, on="loan_id", suffix="_before")
         assert carried.height == now.height - originated.height
         assert (carried["previous_status"] == carried["status_before"]).all()
         assert (carried["previous_outstanding_principal"] == carried["outstanding_principal_before"]).all()
         closed_total += len(closed)
-    # each loan leaves the tape once: a closed loan's row is its last
+    # each loan leaves the performing book once; a repaid loan's row is its last
+    leaving_rows = snapshots.filter((pl.col("status") != "active") & (pl.col("previous_status").is_null()
+                                                                       | (pl.col("previous_status") == "active")))
+    assert leaving_rows.height == closed_total > 20 and leaving_rows["loan_id"].n_unique() == leaving_rows.height
     last = snapshots.group_by("loan_id").agg(pl.col("cutoff_date").max().alias("last"))
-    closed_rows = snapshots.filter(pl.col("status") != "active").join(last, on="loan_id")
-    assert closed_rows.height == closed_total > 20 and (closed_rows["cutoff_date"] == closed_rows["last"]).all()
+    repaid = snapshots.filter(pl.col("status") == "repaid").join(last, on="loan_id")
+    assert repaid.height and (repaid["cutoff_date"] == repaid["last"]).all()
     assert snapshots["nuts3_code"].null_count() == 0  # the simulator's postcodes are TERCET's
 
 
@@ -110,8 +119,7 @@ def test_the_model_passes_the_book_and_counts_a_repeated_key_and_a_bad_status(sn
 
     off_tape = snapshots.with_columns(pl.lit("repaid").alias("status"), pl.lit("defaulted").alias("previous_status"))
     report = validate(model, LazySource(off_tape.head(10).lazy()))
-    assert report.by_rule == {
-        "a loan on the tape is active at the cutoff or was active (or unknown) at the previous one": 10}
+    assert report.by_rule == {TAPE_RULE: 10}
 
 
 # --- small generated books: the tape against a plain reading of their events ---------------------------------------
@@ -205,7 +213,8 @@ def _expected(events: dict[int, list[tuple[datetime, dict]]], paths: list[LoanPa
     for loan_id, loan in sorted(events.items()):
         now = _state(loan, cutoff_end(cutoff))
         before = _state(loan, cutoff_end(months_before(cutoff, 1)))
-        if now is None or not (now["status"] == "active" or before is None or before["status"] == "active"):
+        if now is None or not (now["status"] in ("active", "defaulted") or before is None
+                               or before["status"] == "active"):
             continue
         created = paths[loan_id - 1].created
         rows.append((loan_id, now["status"], now["outstanding_principal"], before and before["status"],

@@ -18,8 +18,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from cardo_pipeline.defs.features.loans import cutoff_of, cutoff_partitions, known_cutoff_partitions
+from cardo_pipeline.defs.features.loans import cutoff_partitions, known_cutoff_partitions
 from cardo_pipeline.defs.groups import MARTS, SOURCES
+from cardo_pipeline.defs.marts.assets import MARTS_JOB
 from cardo_pipeline.defs.models.pd import PD_SCORES
 from cardo_pipeline.defs.resources import LakeResource, MartsResource, PdModelResource
 from cardo_pipeline.features.clock import as_of, cutoff_end
@@ -165,16 +166,28 @@ def _recompute(built: BuiltMarts, cutoff: date) -> tuple[dict, pl.DataFrame]:
     dpd = performing["days_past_due"]
     buckets = {"current": dpd <= 0, "1_29": (dpd > 0) & (dpd < 30), "30_59": (dpd >= 30) & (dpd < 60),
                "60_89": (dpd >= 60) & (dpd < 90), "90_plus": dpd >= 90}
-    with_ltv = performing.filter(pl.col("ltv_current").is_not_null())
+
+    def weighted(column: str) -> float:  # over the loans whose value is known
+        known_rows = performing.filter(pl.col(column).is_not_null())
+        return (known_rows[column] * known_rows["outstanding_principal"]).sum() / known_rows[
+            "outstanding_principal"].sum()
+
+    non_performing = now.filter(pl.col("status") == "defaulted")
     kpis = {
         "loans_outstanding": performing.height,
         "balance_outstanding": balance.sum(),
-        "wa_interest_rate": (performing["interest_rate"] * balance).sum() / balance.sum(),
-        "wa_ltv": (with_ltv["ltv_current"] * with_ltv["outstanding_principal"]).sum()
-        / with_ltv["outstanding_principal"].sum(),
-        "wa_remaining_term_months": (performing["remaining_term_months"] * balance).sum() / balance.sum(),
+        "wa_interest_rate": weighted("interest_rate"),
+        "wa_ltv": weighted("ltv_current"),
+        "wa_remaining_term_months": weighted("remaining_term_months"),
+        "wa_pd_12m": weighted("pd_12m"),
+        "loans_scored": performing["pd_12m"].is_not_null().sum(),
         "expected_loss": (performing["pd_12m"] * balance * LGD).sum(),
+        "expected_loss_rate": (performing["pd_12m"] * balance * LGD).sum() / balance.sum(),
         "lgd": LGD,
+        "loans_non_performing": non_performing.height,
+        "balance_non_performing": non_performing["outstanding_principal"].sum(),
+        "npl_ratio": non_performing["outstanding_principal"].sum() / (balance.sum()
+                                                                      + non_performing["outstanding_principal"].sum()),
     }
     for bucket, mask in buckets.items():
         kpis[f"dpd_{bucket}_count"] = int(mask.sum())
@@ -184,13 +197,24 @@ def _recompute(built: BuiltMarts, cutoff: date) -> tuple[dict, pl.DataFrame]:
         "loan_id", pl.col("outstanding_principal").alias("opening")).join(now, on="loan_id", how="inner")
     seasoning = ((cutoff.year * 12 + cutoff.month) - (pl.col("origination_date").dt.year() * 12
                  + pl.col("origination_date").dt.month()) - (pl.col("origination_date").dt.day() > cutoff.day))
+    # the annuity's principal due in the month, on the opening balance over the months left a month ago
+    rate, left = pl.col("interest_rate") / 12, pl.max_horizontal(pl.col("term_months") - seasoning + 1, pl.lit(1))
+    instalment = pl.when(rate > 0).then(pl.col("opening") * rate / (1 - (1 + rate).pow(-left.cast(pl.Float64)))) \
+        .otherwise(pl.col("opening") / left)
+    opening = opening.with_columns(seasoning.alias("seasoning"), (instalment - pl.col("opening") * rate).clip(
+        0, None).alias("_due")).with_columns(pl.min_horizontal("_due", "opening").alias("scheduled"))
     defaulted = opening.filter(pl.col("status").is_in(["defaulted", "written_off"]))
-    prepaid = opening.filter((pl.col("status") == "repaid") & (seasoning < pl.col("term_months")))
-    opening_balance = opening["opening"].sum()
-    smm = prepaid["opening"].sum() / opening_balance
+    prepaid = opening.filter((pl.col("status") == "repaid") & (pl.col("seasoning") < pl.col("term_months")))
+    opening_balance, scheduled = opening["opening"].sum(), opening["scheduled"].sum()
+    unscheduled = (prepaid["opening"] - prepaid["scheduled"]).sum()
+    smm = unscheduled / (opening_balance - scheduled)
+    mdr = defaulted["opening"].sum() / opening_balance
     kpis |= {"loans_at_month_start": opening.height, "balance_at_month_start": opening_balance,
-             "defaults_in_month": defaulted.height, "default_rate": defaulted["opening"].sum() / opening_balance,
-             "prepayments_in_month": prepaid.height, "prepayment_rate_smm": smm, "cpr": 1 - (1 - smm) ** 12}
+             "scheduled_principal": scheduled, "defaults_in_month": defaulted.height,
+             "defaulted_balance": defaulted["opening"].sum(), "default_rate": mdr,
+             "default_rate_count": defaulted.height / opening.height, "default_rate_annualised": 1 - (1 - mdr) ** 12,
+             "prepayments_in_month": prepaid.height, "prepaid_balance": unscheduled, "prepayment_rate_smm": smm,
+             "cpr": 1 - (1 - smm) ** 12}
 
     # regions: the borrower's postcode at the cutoff, normalised, to NUTS3 by TERCET
     borrowers = as_of(known.borrowers.lazy(), "borrower_id", cutoff_end(cutoff)).collect()
@@ -207,7 +231,7 @@ def _recompute(built: BuiltMarts, cutoff: date) -> tuple[dict, pl.DataFrame]:
                                             .alias("balance"))
         shares = shares.with_columns((pl.col("balance") / pl.col("balance").sum()).alias("balance_share"),
                                      pl.lit(level).alias("nuts_level"))
-        top = shares.sort("balance", descending=True).head(10)
+        top = shares.sort(["balance", "region_code"], descending=[True, False]).head(10)
         levels.append(shares.with_columns(pl.lit((shares["balance_share"] ** 2).sum()).alias("hhi"),
                                           pl.lit(top["balance_share"].sum()).alias("top_10_share"),
                                           pl.col("region_code").is_in(top["region_code"].to_list())
@@ -216,12 +240,25 @@ def _recompute(built: BuiltMarts, cutoff: date) -> tuple[dict, pl.DataFrame]:
 
 
 def test_polars_recomputes_one_cutoffs_kpis_and_concentration_from_the_delta_tables(built: BuiltMarts) -> None:
-    cutoff = cutoff_of(built.months[-2])
+    all_kpis = built.mart("portfolio_kpis").sort("cutoff_date")
+    # the newest cutoff with both defaults and prepayments, so that every flow is exercised
+    busy = all_kpis.filter((pl.col("defaults_in_month") > 0) & (pl.col("prepayments_in_month") > 0)
+                           & (pl.col("loans_non_performing") > 0))
+    assert busy.height, all_kpis.select("cutoff_date", "defaults_in_month", "prepayments_in_month")
+    cutoff = busy["cutoff_date"][-1]
     kpis, concentration = _recompute(built, cutoff)
-    [mart] = built.mart("portfolio_kpis", f"cutoff_date = '{cutoff}'").to_dicts()
-    assert kpis["loans_outstanding"] > 100 and kpis["defaults_in_month"] + kpis["prepayments_in_month"] >= 0
+    [mart] = all_kpis.filter(pl.col("cutoff_date") == cutoff).to_dicts()
+    assert kpis["loans_outstanding"] > 100 and kpis["defaults_in_month"] > 0 and kpis["prepayments_in_month"] > 0
+    assert not set(mart) - set(kpis) - {"cutoff_date", "cdr_12m", "cpr_12m"}, set(mart) - set(kpis)
     for name, expected in kpis.items():
         assert mart[name] == pytest.approx(expected, rel=1e-9, abs=1e-9), name
+    # the trailing 12 months compound the monthly rates of the mart
+    window = all_kpis.filter(pl.col("cutoff_date") <= cutoff).tail(12)
+    if window.height == 12:
+        assert mart["cpr_12m"] == pytest.approx(1 - (1 - window["prepayment_rate_smm"]).product(), rel=1e-9)
+        assert mart["cdr_12m"] == pytest.approx(1 - (1 - window["default_rate"]).product(), rel=1e-9)
+    else:
+        assert mart["cpr_12m"] is None and mart["cdr_12m"] is None
     assert sum(kpis[f"dpd_{b}_count"] for b in ("current", "1_29", "30_59", "60_89", "90_plus")) == \
         kpis["loans_outstanding"]
 
@@ -280,6 +317,33 @@ def test_dbt_tests_catch_shares_that_do_not_sum_to_one_and_buckets_that_miss_the
     assert "delinquency_balances_sum_to_the_balance" not in failed, failed
 
 
+def test_a_failing_dbt_test_is_a_failed_check_and_the_models_before_it_are_materialized(built: BuiltMarts,
+                                                                                        tmp_path: Path) -> None:
+    """A source with a repeated key: its staging view's key test fails as a Dagster check, dbt skips what follows,
+    the views built before it are still materialized, and the step fails."""
+    lake = tmp_path / "lake"
+    for group in ("curated", "features", "models", "reference"):
+        for table in (built.lake / group).iterdir():
+            (lake / group).mkdir(parents=True, exist_ok=True)
+            if table.name != "loan_snapshots":
+                (lake / group / table.name).symlink_to(table)
+    snapshots = pl.read_delta(str(built.lake / "features" / "loan_snapshots"))
+    pl.concat([snapshots, snapshots.head(1)]).write_delta(str(lake / "features" / "loan_snapshots"),
+                                                          delta_write_options={"partition_by": ["cutoff_date"]})
+    code_location = definitions(tmp_path, "127.0.0.1:9", "servicing", "host=127.0.0.1 port=9",
+                                marts=MartsResource(database=str(tmp_path / "marts.duckdb")))
+    with dg.instance_for_test() as instance:
+        result = code_location.resolve_job_def(MARTS_JOB).execute_in_process(instance=instance,
+                                                                             raise_on_error=False)
+    assert not result.success
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    key = ("staging/stg_features__loan_snapshots",
+           "unique_combination_stg_features__loan_snapshots_loan_id__cutoff_date")
+    assert key in checks and not checks[key].passed, sorted(checks)
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "staging/stg_features__loan_snapshots" in materialized and "marts/loan_tape" not in materialized
+
+
 @pytest.mark.browser
 def test_a_marts_page_in_the_ui_shows_its_chart(built: BuiltMarts, test_env: dict[str, str],
                                                 tmp_path: Path) -> None:
@@ -290,6 +354,7 @@ def test_a_marts_page_in_the_ui_shows_its_chart(built: BuiltMarts, test_env: dic
         browser.wait_for(f"!!{show}", timeout_s=90)
         browser.evaluate(f"{show}.click()")
         images = browser.wait_for("[...document.querySelectorAll('img[src^=\"data:image/png;base64,\"]')]"
+                                  ".filter(i => i.complete && i.naturalWidth > 0)"
                                   ".map(i => [i.alt, i.naturalWidth, i.naturalHeight])", timeout_s=30)
         screenshot = browser.screenshot(tmp_path / "mart-concentration-chart.png")
     assert images == [["concentration by NUTS2", 750, 450]], images

@@ -1,9 +1,10 @@
 """`features/loan_snapshots`: each loan's state as known at each monthly cutoff, the base of the loan tape.
 
-A cutoff's rows are the loans active at its end, and also those that stopped being active during its month (repaid,
-defaulted or written off since the previous cutoff) and those originated in the month, whatever their state: a
-month's default rate and prepayment rate count the loans that left the book in it, which a tape of the active loans
-alone cannot show. A loan closed before the previous cutoff is no longer on the tape. Each row carries the loan's
+A cutoff's rows are the loans active at its end, the defaulted ones not yet written off (the non-performing stock),
+and also those that stopped being active during its month (repaid, defaulted or written off since the previous
+cutoff) and those originated in the month, whatever their state: a month's default rate and prepayment rate count
+the loans that left the performing book in it, which a tape of the active loans alone cannot show. A loan repaid or
+written off before the previous cutoff is no longer on the tape. Each row carries the loan's
 status and outstanding principal at the previous cutoff (null for a loan not known then), and its borrower's
 country and NUTS3 region at the cutoff. Every value is read as of its cutoff (`clock.as_of`), as `loan_features`
 reads them.
@@ -25,6 +26,7 @@ from cardo_pipeline.features.loan_features import (
 )
 
 ACTIVE = "active"
+DEFAULTED = "defaulted"  # non-performing, not yet written off: stays on the tape (the book's NPL stock)
 SNAPSHOT_COLUMNS = ["loan_id", "cutoff_date", "borrower_id", "product", "principal", "interest_rate", "term_months",
                     "origination_date", "seasoning_months", "outstanding_principal", "status", "days_past_due",
                     "previous_status", "previous_outstanding_principal", "country_code", "nuts3_code"]
@@ -51,7 +53,8 @@ def snapshots_at(known: KnownHistories, postcodes: pl.DataFrame, cutoff: date) -
         pl.col("outstanding_principal").alias("previous_outstanding_principal")).collect()
     borrowers = as_of(known.borrowers.lazy(), "borrower_id", end).collect()
     regions = borrower_regions(borrowers, postcodes)
-    on_tape = (pl.col("status") == ACTIVE) | (pl.col("previous_status") == ACTIVE) | pl.col("previous_status").is_null()
+    on_tape = (pl.col("status").is_in([ACTIVE, DEFAULTED]) | (pl.col("previous_status") == ACTIVE)
+               | pl.col("previous_status").is_null())
     frame = (
         now.join(before, on="loan_id", how="left").filter(on_tape)
         .join(borrowers.select("borrower_id", "country_code"), on="borrower_id", how="left")

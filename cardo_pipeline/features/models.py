@@ -7,7 +7,7 @@ import pandera.polars as pa
 import polars as pl
 
 from cardo_pipeline.features.loan_features import AGE_BANDS, WINDOWS_MONTHS, feature_schema
-from cardo_pipeline.features.loan_snapshots import ACTIVE, snapshot_schema
+from cardo_pipeline.features.loan_snapshots import ACTIVE, DEFAULTED, snapshot_schema
 from cardo_pipeline.quality.models import Severity, model, row_check
 from cardo_pipeline.tables import TABLES_BY_NAME
 
@@ -87,6 +87,10 @@ def loan_default_outcomes_model() -> pa.DataFrameSchema:
 SNAPSHOT_NULLABLE = {"previous_status", "previous_outstanding_principal", "nuts3_code"}
 
 
+TAPE_RULE = ("a loan on the tape is active or defaulted at the cutoff, or was active (or unknown) at the "
+             "previous one")
+
+
 def loan_snapshots_model() -> pa.DataFrameSchema:
     statuses = _enum("loans", "status")
     checks = {
@@ -106,8 +110,7 @@ def loan_snapshots_model() -> pa.DataFrameSchema:
     return model(
         "LoanSnapshots", columns,
         checks=[
-            row_check("a loan on the tape is active at the cutoff or was active (or unknown) at the previous one",
-                      (pl.col("status") == ACTIVE) | (pl.col("previous_status") == ACTIVE)
+            row_check(TAPE_RULE, pl.col("status").is_in([ACTIVE, DEFAULTED]) | (pl.col("previous_status") == ACTIVE)
                       | pl.col("previous_status").is_null()),
             row_check("outstanding principal never exceeds the principal",
                       pl.col("outstanding_principal") <= pl.col("principal")),

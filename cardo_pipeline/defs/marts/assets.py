@@ -28,7 +28,8 @@ def _newest_input(project_dir: Path) -> float:
     for name in _PROJECT_INPUTS:
         path = project_dir / name
         files = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
-        newest = max([newest, *(f.stat().st_mtime for f in files if f.is_file())])
+        # folders too: deleting or renaming a model changes its folder's time, not any remaining file's
+        newest = max([newest, path.stat().st_mtime if path.exists() else 0.0, *(f.stat().st_mtime for f in files)])
     return newest
 
 
@@ -85,8 +86,11 @@ def build_marts_defs() -> dg.Definitions:
         # DuckDB takes one writer per file: a second run waits here instead of failing on the file's lock.
         with open(f"{database}.build-lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            invocation = dbt.cli(["build", "--vars", json.dumps(marts.dbt_vars(lake.root_uri()))], context=context)
+            invocation = dbt.cli(["build", "--vars", json.dumps(marts.dbt_vars(lake.root_uri()))], context=context,
+                                 raise_on_error=False)
             # Held until dbt is done: the charts and row counts read the DuckDB file, which dbt holds while it runs.
+            # A failed test still yields every event (its failed check, the models built before it); the step
+            # fails after them.
             events = list(invocation.stream())
             built = {event.output_name for event in events if isinstance(event, dg.Output)}
             names = {output: context.assets_def.keys_by_output_name[output].path[-1] for output in built}
@@ -102,6 +106,9 @@ def build_marts_defs() -> dg.Definitions:
                 extra |= {title: dg.MetadataValue.md(image) for title, image in charts.get(name, {}).items()}
                 event = event.with_metadata({**event.metadata, **extra})
             yield event
+        error = invocation.get_error()
+        if error is not None:
+            raise error
 
     job = dg.define_asset_job(MARTS_JOB, selection=dg.AssetSelection.assets(cardo_marts),
                               description="Build the dbt marts (staging views, marts, their tests) from the lake.")
@@ -113,9 +120,16 @@ def _require_sources(context: dg.AssetExecutionContext, lake: LakeResource) -> N
     (dbt would only say that delta_scan found no table)."""
     from cardo_pipeline.ingest.delta_log import load_table
 
-    own = set(context.assets_def.keys)
-    upstream = {dep for key in context.selected_asset_keys for dep in context.assets_def.asset_deps.get(key, ())
-                if dep not in own}
+    own, deps = set(context.assets_def.keys), context.assets_def.asset_deps
+    upstream, todo, seen = set(), list(context.selected_asset_keys), set()
+    while todo:  # through the dbt models the selection reads, which dbt reads in place (views, tables)
+        key = todo.pop()
+        for dep in deps.get(key, ()):
+            if dep not in own:
+                upstream.add(dep)
+            elif dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
     missing = sorted(key.to_user_string() for key in upstream if load_table(lake.table(key.path)) is None)
     if missing:
         raise dg.Failure(f"the marts read {', '.join(missing)}, not materialized yet: materialize them first "

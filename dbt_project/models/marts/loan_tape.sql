@@ -1,5 +1,6 @@
--- One row per loan per month-end cutoff: the loans performing at the cutoff, and those that closed in its month
--- (defaulted, prepaid, matured), which the default and prepayment rates count. As known at the cutoff.
+-- One row per loan per month-end cutoff, as known at the cutoff: the loans performing (active) at the cutoff, the
+-- defaulted ones not yet written off (the non-performing stock), and those that left the performing book in the
+-- month (defaulted, prepaid, matured), which the default and prepayment rates count.
 with snapshots as (
     select * from {{ ref('stg_features__loan_snapshots') }}
 ),
@@ -20,9 +21,9 @@ regions as (
     select * from {{ ref('stg_reference__nuts_regions') }}
 ),
 
--- the region of a loan's first collateral (mortgages: where the property is)
+-- the region of a loan's first collateral (mortgages: where the property is; null when its postcode matched none)
 collateral_regions as (
-    select loan_id, arg_min(collateral_nuts3_code, collateral_id) as collateral_nuts3_code
+    select loan_id, first(collateral_nuts3_code order by collateral_id) as collateral_nuts3_code
     from {{ ref('stg_features__collaterals_geo') }}
     group by loan_id
 ),
@@ -48,12 +49,20 @@ tape as (
         snapshots.status,
         snapshots.previous_status,
         snapshots.status = 'active' as is_performing,
+        snapshots.status = 'defaulted' as is_non_performing,
+        -- how a loan left the performing book in the month (null for one that did not: performing, or already out)
         case
             when snapshots.status = 'active' then null
+            when snapshots.previous_status is not null and snapshots.previous_status <> 'active' then null
             when snapshots.status in ('defaulted', 'written_off') then 'defaulted'
             when snapshots.months_on_book < snapshots.term_months then 'prepaid'
             else 'matured'
         end as closed_as,
+        -- the principal the month's instalment was due to repay (annuity on the balance a month earlier)
+        case when snapshots.previous_status = 'active' then
+            {{ scheduled_principal('snapshots.previous_outstanding_principal', 'snapshots.interest_rate',
+                                   'greatest(snapshots.term_months - snapshots.months_on_book + 1, 1)') }}
+        end as scheduled_principal,
         snapshots.days_past_due,
         {{ dpd_bucket('snapshots.days_past_due') }} as dpd_bucket,
         snapshots.country_code,

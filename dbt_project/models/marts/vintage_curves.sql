@@ -27,7 +27,7 @@ vintages as (
         count(*) as loans_originated,
         sum(principal) as principal_originated,
         -- observed months: from the vintage's youngest loan to the last cutoff
-        date_diff('month', max(origination_date), any_value(first_cutoff.last_cutoff_date)) as months_observed
+        {{ months_between('max(origination_date)', 'any_value(first_cutoff.last_cutoff_date)') }} as months_observed
     from loans
     cross join first_cutoff
     where date_trunc('quarter', loans.origination_date) >= date_trunc('month', first_cutoff.cutoff_date)
