@@ -409,7 +409,8 @@ def _marts_line(marts: dict) -> str:
         late = sum(kpis[f"dpd_{bucket}_balance"] for bucket in ("30_59", "60_89", "90_plus"))
         line += (f"\n                   {kpis['cutoff_date']}: {kpis['loans_outstanding']:,} loans, balance "
                  f"{kpis['balance_outstanding']:,.0f}, WA rate {kpis['wa_interest_rate']:.2%}, 30+ dpd "
-                 f"{late / kpis['balance_outstanding']:.2%}, CPR {kpis['cpr'] or 0:.2%}, expected loss "
+                 f"{late / kpis['balance_outstanding']:.2%}, NPL ratio {kpis['npl_ratio'] or 0:.2%}, CPR 12m "
+                 f"{kpis['cpr_12m'] or 0:.2%}, CDR 12m {kpis['cdr_12m'] or 0:.2%}, expected loss "
                  f"{kpis['expected_loss'] or 0:,.0f}")
     return line
 
