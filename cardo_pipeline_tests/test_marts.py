@@ -26,7 +26,7 @@ from cardo_pipeline.defs.resources import LakeResource, MartsResource, PdModelRe
 from cardo_pipeline.features.clock import as_of, cutoff_end
 from cardo_pipeline.features.loan_features import KnownHistories, months_before
 from cardo_pipeline.geo.postcodes import normalise_postcode
-from cardo_pipeline.marts import DBT_PROJECT_DIR
+from cardo_pipeline.marts import dbt_project_dir
 from cardo_pipeline.marts.duckdb import connect
 from cardo_pipeline.settings import ensure_dagster_home
 from cardo_pipeline_tests.browser_helpers import Browser, dagster_dev
@@ -305,10 +305,10 @@ def test_dbt_tests_catch_shares_that_do_not_sum_to_one_and_buckets_that_miss_the
         conn.execute("update portfolio_kpis set dpd_current_count = dpd_current_count + 1")
     dbt = Path(sys.executable).parent / "dbt"
     completed = subprocess.run(
-        [str(dbt), "test", "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(tmp_path / "target"),
+        [str(dbt), "test", "--profiles-dir", str(dbt_project_dir()), "--target-path", str(tmp_path / "target"),
          "--select", "concentration_by_region", "portfolio_kpis",
          "--vars", json.dumps({"lake_root": str(built.lake), "marts_database": str(broken)})],
-        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=300)
+        cwd=dbt_project_dir(), capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0
     results = json.loads((tmp_path / "target" / "run_results.json").read_text())["results"]
     failed = {r["unique_id"].split(".")[2] for r in results if r["status"] == "fail"}

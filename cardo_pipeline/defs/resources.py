@@ -149,9 +149,10 @@ def dbt_cli() -> dg.ConfigurableResource:
 
     from dagster_dbt import DbtCliResource
 
-    from cardo_pipeline.marts import DBT_PROJECT_DIR
+    from cardo_pipeline.marts import dbt_project_dir
 
-    return DbtCliResource(project_dir=str(DBT_PROJECT_DIR), profiles_dir=str(DBT_PROJECT_DIR),
+    project_dir = str(dbt_project_dir())
+    return DbtCliResource(project_dir=project_dir, profiles_dir=project_dir,
                           dbt_executable=str(Path(sys.executable).parent / "dbt"))
 
 

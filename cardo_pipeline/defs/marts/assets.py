@@ -14,7 +14,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 
 from cardo_pipeline.defs.groups import MARTS
 from cardo_pipeline.defs.resources import LakeResource, MartsResource, dbt_cli
-from cardo_pipeline.marts import DBT_PROJECT_DIR
+from cardo_pipeline.marts import dbt_project_dir
 
 MARTS_JOB = "build_marts"
 # One DuckDB file takes one writer: the asset serialises its builds with a file lock, and the pool shows that
@@ -36,11 +36,12 @@ def _newest_input(project_dir: Path) -> float:
 def dbt_project() -> DbtProject:
     """The dbt project with a manifest as new as its files: `dbt parse` runs when the manifest is missing (a clean
     checkout) or older than a model, macro, test or project file, so the assets always match the SQL."""
-    project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+    project_dir = dbt_project_dir()
+    project = DbtProject(project_dir=project_dir, profiles_dir=project_dir)
     manifest = project.manifest_path
 
     def stale() -> bool:
-        return not manifest.exists() or manifest.stat().st_mtime < _newest_input(DBT_PROJECT_DIR)
+        return not manifest.exists() or manifest.stat().st_mtime < _newest_input(project_dir)
 
     if stale():
         manifest.parent.mkdir(parents=True, exist_ok=True)
