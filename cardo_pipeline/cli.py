@@ -17,16 +17,16 @@ from cardo_pipeline.stack import Stack, StackError
 def _stack(args: argparse.Namespace) -> int:
     stack = Stack(CardoSettings.from_env())
     if args.action == "up":
-        stack.up()
+        stack.up(spark=args.spark)
     elif args.action == "down":
         stack.down()
     else:
-        statuses = stack.status()
+        statuses = stack.status(spark=True if args.spark else None)
         if args.json:
             print(json.dumps([s.__dict__ for s in statuses]))
         for s in statuses:
             state = "healthy" if s.healthy else ("running, not healthy" if s.running else "stopped")
-            print(f"{s.name:<10} {state:<22} {s.endpoint:<24} {s.detail}")
+            print(f"{s.name:<12} {state:<22} {s.endpoint:<24} {s.detail}")
         return 0 if all(s.healthy for s in statuses) else 1
     return 0
 
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="start, stop or check the local Postgres, Kafka, Debezium and MLflow")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--json", action="store_true", help="status as JSON")
+    stack.add_argument("--spark", action="store_true",
+                       help="up: also a Spark standalone master and worker on 127.0.0.1 (CARDO_SPARK_MASTER_PORT); "
+                            "status: report them even when not started (down always stops them)")
     stack.set_defaults(func=_stack)
 
     sim = sub.add_parser("simulate", help="drive the servicing database with a simulated loan book")

@@ -5,6 +5,10 @@ for books that outgrow one machine.
 Chosen globally with `CARDO_ENGINE` (default `local`) and per asset with `CARDO_ENGINE_ASSETS`, a JSON object of
 asset key paths to engines (`{"curated/loans": "spark"}`); the Dagster resource `engine` takes the same two
 settings as config, so a run can switch in the launchpad.
+
+Where the Spark engine runs is the launch (`CARDO_SPARK_LAUNCH`, resource field `engine.launch`): `session`, the
+default, is a SparkSession in the Dagster step's own process (pyspark starts the driver's JVM there); `pipes` is a
+`spark-submit` job under Dagster Pipes (`spark.pipes`): a subprocess on this machine, a pod on Kubernetes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,23 @@ from cardo_pipeline.settings import ConfigError, json_object_setting
 
 Engine = Literal["local", "spark"]
 ENGINES: tuple[Engine, ...] = ("local", "spark")
+
+
+Launch = Literal["session", "pipes"]
+LAUNCHES: tuple[Launch, ...] = ("session", "pipes")
+
+
+def parse_launch(value: str, field: str) -> Launch:
+    """`value` as a Spark launch; a bad one names `field` (the setting it came from)."""
+    if value not in LAUNCHES:
+        raise ConfigError(f"{field} must be one of {', '.join(LAUNCHES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def launch_from_env(env: Mapping[str, str] | None = None) -> Launch:
+    """How the Spark engine runs, from CARDO_SPARK_LAUNCH (default `session`)."""
+    env = os.environ if env is None else env
+    return parse_launch(env.get("CARDO_SPARK_LAUNCH") or "session", "CARDO_SPARK_LAUNCH")
 
 
 def parse_engine(value: str, field: str) -> Engine:

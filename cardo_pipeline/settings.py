@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,21 @@ def _port(env: dict[str, str], name: str, default: int) -> int:
     return port
 
 
+def _whole(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _memory(env: dict[str, str], name: str, default: str) -> str:
+    """A JVM memory size as Spark takes it: a whole number with m or g (`1536m`, `2g`)."""
+    raw = (env.get(name) or default).strip().lower()
+    if not re.fullmatch(r"[1-9][0-9]*[mg]", raw):
+        raise ConfigError(f"{name} must be a memory size such as 1536m or 2g, got {raw!r}")
+    return raw
+
+
 def _path(env: dict[str, str], name: str, default: Path) -> Path:
     raw = env.get(name)
     return Path(raw).expanduser().absolute() if raw else default
@@ -104,6 +120,13 @@ class CardoSettings:
     database: str = "servicing"
     pg_user: str = "cardo"
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    # The standalone Spark cluster of `cardo stack up --spark` (a master and one small worker, ARCHITECTURE 14)
+    spark_master_port: int = 27077
+    spark_master_webui_port: int = 28077
+    spark_worker_port: int = 27078
+    spark_worker_webui_port: int = 28078
+    spark_worker_cores: int = 1
+    spark_worker_memory: str = "2g"  # what the worker's executors may use together
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> CardoSettings:
@@ -123,6 +146,12 @@ class CardoSettings:
             mlflow_port=_port(env, "CARDO_MLFLOW_PORT", 25050),
             mlflow_tracking_override=env.get("CARDO_MLFLOW_TRACKING_URI") or None,
             topic_prefix=env.get("CARDO_TOPIC_PREFIX") or DEFAULT_TOPIC_PREFIX,
+            spark_master_port=_port(env, "CARDO_SPARK_MASTER_PORT", 27077),
+            spark_master_webui_port=_port(env, "CARDO_SPARK_MASTER_WEBUI_PORT", 28077),
+            spark_worker_port=_port(env, "CARDO_SPARK_WORKER_PORT", 27078),
+            spark_worker_webui_port=_port(env, "CARDO_SPARK_WORKER_WEBUI_PORT", 28078),
+            spark_worker_cores=_whole(env, "CARDO_SPARK_WORKER_CORES", 1),
+            spark_worker_memory=_memory(env, "CARDO_SPARK_WORKER_MEMORY", "2g"),
         )
 
     @property
@@ -151,6 +180,11 @@ class CardoSettings:
     def mlflow_tracking_uri(self) -> str:
         """The tracking server clients talk to: the local stack's, or CARDO_MLFLOW_TRACKING_URI when set."""
         return self.mlflow_tracking_override or f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def spark_master_url(self) -> str:
+        """The standalone Spark master of `cardo stack up --spark` (what CARDO_SPARK_MASTER points at to use it)."""
+        return f"spark://{self.host}:{self.spark_master_port}"
 
     def topic(self, table: str) -> str:
         return topic_name(self.topic_prefix, table)

@@ -2,10 +2,9 @@
 
 Local (the default): every resource falls back to the local stack's CardoSettings, resolved when a run uses it,
 never at import. Kubernetes (`CARDO_ENV=k8s`, set in deploy/helm/values.yaml): endpoints and storage come from
-environment variables of the user-code pods via EnvVar.
+environment variables of the user-code pods via EnvVar; the Spark engine's launch `pipes` submits its jobs as pods
+(`K8sSparkLauncher`) instead of local `spark-submit` subprocesses (`SparkSubmitLauncher`).
 """
-
-from __future__ import annotations
 
 import os
 from collections.abc import Sequence
@@ -13,8 +12,17 @@ from pathlib import Path
 
 import dagster as dg
 
-from cardo_pipeline.engine import Engine, engine_for, engines_from_env, parse_engine
+from cardo_pipeline.engine import (
+    Engine,
+    Launch,
+    engine_for,
+    engines_from_env,
+    launch_from_env,
+    parse_engine,
+    parse_launch,
+)
 from cardo_pipeline.settings import CardoSettings, ConfigError
+from cardo_pipeline.spark.pipes import SparkLauncher, spark_launcher
 from cardo_pipeline.tables import DEFAULT_TOPIC_PREFIX, lake_uri, topic_name
 
 
@@ -109,10 +117,19 @@ class EngineResource(dg.ConfigurableResource):
     """Which engine computes the raw, curated and feature assets (`cardo_pipeline.engine`): `local` or `spark`,
     for all of them (`default`) or per asset (`assets`, asset key path -> engine: {"curated/loans": "spark"}).
     Unset fields fall back to CARDO_ENGINE and CARDO_ENGINE_ASSETS, so a deployment switches with an environment
-    variable and a single run switches in the launchpad."""
+    variable and a single run switches in the launchpad.
+
+    Where the raw and curated assets' Spark runs (`launch`, else CARDO_SPARK_LAUNCH): `session`, a SparkSession in
+    the step's process, or `pipes`, a spark-submit job under Dagster Pipes through the Pipes client `launcher`
+    names, which `resources_for` sets per environment: `spark-submit` on this machine (PipesSubprocessClient;
+    `pipes_master`, else CARDO_SPARK_MASTER, is its --master) or `k8s`, a driver pod (PipesK8sClient). The feature
+    assets always use a session."""
 
     default: str | None = None
     assets: dict[str, str] | None = None
+    launch: str | None = None
+    launcher: str = "spark-submit"
+    pipes_master: str | None = None
 
     def for_asset(self, key: dg.AssetKey) -> Engine:
         env_default, env_assets = engines_from_env()
@@ -120,6 +137,12 @@ class EngineResource(dg.ConfigurableResource):
         overrides = env_assets if self.assets is None else {
             name: parse_engine(value, f"engine.assets[{name!r}]") for name, value in self.assets.items()}
         return engine_for(key.to_user_string(), default, overrides)
+
+    def spark_launch(self) -> Launch:
+        return parse_launch(self.launch, "engine.launch") if self.launch else launch_from_env()
+
+    def spark_launcher(self) -> SparkLauncher:
+        return spark_launcher(self.launcher, "engine.launcher", master=self.pipes_master)
 
     def spark(self):
         """The process's Spark session (started on first use)."""
@@ -160,7 +183,7 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
     if environment == "local":
         return {"kafka": KafkaResource(), "servicing_db": ServicingDatabase(), "lake": LakeResource(),
                 "iceberg": IcebergResource(), "quality": QualityResource(), "pd_settings": PdModelResource(),
-                "engine": EngineResource(), "marts": MartsResource(), "dbt": dbt_cli()}
+                "engine": EngineResource(launcher="spark-submit"), "marts": MartsResource(), "dbt": dbt_cli()}
     if environment == "k8s":
         return {
             "kafka": KafkaResource(bootstrap_servers=dg.EnvVar("CARDO_KAFKA_BOOTSTRAP")),
@@ -171,7 +194,7 @@ def resources_for(environment: str) -> dict[str, dg.ConfigurableResource]:
             "quality": QualityResource(),
             "pd_settings": PdModelResource(tracking_uri=dg.EnvVar("CARDO_MLFLOW_TRACKING_URI"),
                                         oracle_from_simulator=False),
-            "engine": EngineResource(),
+            "engine": EngineResource(launcher="k8s"),
             "marts": MartsResource(database=dg.EnvVar("CARDO_MARTS_DATABASE")),
             "dbt": dbt_cli(),
         }

@@ -48,8 +48,12 @@ def spark_conf(settings: CardoSettings, spark: SparkSettings) -> dict[str, str]:
     from cardo_pipeline.stack.jvm import resolve_spark_jars
 
     jars = resolve_spark_jars(settings)
+    return {"spark.jars": ",".join(str(j) for j in jars), **engine_conf(settings, spark)}
+
+
+def engine_conf(settings: CardoSettings, spark: SparkSettings) -> dict[str, str]:
+    """The settings beyond the jars (an image that carries the jars in Spark's own folder needs only these)."""
     return {
-        "spark.jars": ",".join(str(j) for j in jars),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension,"
                                 "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",

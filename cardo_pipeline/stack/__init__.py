@@ -1,5 +1,5 @@
 """The local stack: Postgres (servicing source), Kafka (KRaft), Kafka Connect with Debezium and an MLflow tracking
-server, on 127.0.0.1.
+server, on 127.0.0.1; with `--spark`, a Spark standalone master and worker too (`stack.spark_cluster`).
 
 `up` is idempotent (a running, healthy service is left alone), `down` stops exactly what `up` started, in
 reverse order, and `status` reports health per service.
@@ -14,6 +14,7 @@ from cardo_pipeline.stack.mlflow_server import MlflowServer
 from cardo_pipeline.stack.postgres import Postgres
 from cardo_pipeline.stack.process import StackError
 from cardo_pipeline.stack.services import Connect, Kafka
+from cardo_pipeline.stack.spark_cluster import SparkCluster
 
 __all__ = ["Stack", "StackError", "ServiceStatus"]
 
@@ -34,8 +35,9 @@ class Stack:
         self.kafka = Kafka(settings)
         self.connect = Connect(settings)
         self.mlflow = MlflowServer(settings)
+        self.spark = SparkCluster(settings)
 
-    def up(self, log=print) -> None:
+    def up(self, log=print, *, spark: bool = False) -> None:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         log(f"postgres   starting on {self.settings.host}:{self.settings.pg_port}")
         self.postgres.start()
@@ -45,9 +47,20 @@ class Stack:
         self.connect.start(drop_stale_slot=self._drop_slot)
         log(f"mlflow     starting on {self.mlflow.url}")
         self.mlflow.start()
+        if spark:
+            self.up_spark(log)
         log(f"stack is up; MLflow UI on {self.mlflow.url}")
 
+    def up_spark(self, log=print) -> None:
+        log(f"spark      starting a master on {self.spark.master_url} and a worker "
+            f"({self.settings.spark_worker_cores} core, {self.settings.spark_worker_memory})")
+        self.spark.start()
+        log(f"spark      up: CARDO_SPARK_MASTER={self.spark.master_url}; UI {self.spark.webui_url}")
+
     def down(self, log=print) -> None:
+        worker, master = self.spark.stop()
+        if worker or master:
+            log(f"{'spark':<10} stopped")
         for name, service in (
             ("mlflow", self.mlflow),
             ("connect", self.connect),
@@ -57,7 +70,8 @@ class Stack:
             stopped = service.stop()
             log(f"{name:<10} {'stopped' if stopped else 'was not running'}")
 
-    def status(self) -> list[ServiceStatus]:
+    def status(self, *, spark: bool | None = None) -> list[ServiceStatus]:
+        """Health per service; the Spark master and worker when asked (`spark`) or when `up --spark` started them."""
         s = self.settings
         pg_running = self.postgres.data_dir.exists() and self.postgres.is_running()
         connect_status = self.connect.status() if self.connect.process.is_running() else None
@@ -85,6 +99,18 @@ class Stack:
                 self.mlflow.url,
                 f"backend {s.mlflow_backend_uri}, artifacts {s.mlflow_artifacts_dir}",
             ),
+            *(self._spark_status() if (self.spark.started() if spark is None else spark) else []),
+        ]
+
+    def _spark_status(self) -> list[ServiceStatus]:
+        s, cluster = self.settings, self.spark
+        master_running, worker_running = cluster.master.is_running(), cluster.worker.is_running()
+        return [
+            ServiceStatus("spark-master", master_running, master_running and cluster.master_healthy(),
+                          cluster.master_url, cluster.detail() if master_running else ""),
+            ServiceStatus("spark-worker", worker_running, worker_running and cluster.worker_healthy(),
+                          f"{s.host}:{s.spark_worker_port}",
+                          f"{s.spark_worker_cores} core(s), {s.spark_worker_memory}"),
         ]
 
     def _drop_slot(self, slot: str) -> None:

@@ -1,12 +1,12 @@
-"""Checks on every curated table, generated from the registry: the current table agrees with its history
-(blocking), the Pandera models of both tables, and reconciliation with the source database."""
+"""Checks on every curated table, generated from the registry: the Pandera models of both tables and reconciliation
+with the source database. That the current table agrees with its history (blocking) is checked by the apply itself
+and declared on the curated multi-asset (`defs.curated.assets`): a Spark job launched through Dagster Pipes reports
+it with its materializations."""
 
 
 import dagster as dg
 
-from cardo_pipeline.curate.consistency import compare_current_with_history
 from cardo_pipeline.curate.models import current_model, history_model, history_values_model
-from cardo_pipeline.defs.curated.assets import curated_locations
 from cardo_pipeline.defs.keys import curated_history_key, curated_key
 from cardo_pipeline.defs.quality.pandera_checks import pandera_asset_check
 from cardo_pipeline.defs.resources import KafkaResource, LakeResource, QualityResource, ServicingDatabase
@@ -17,23 +17,6 @@ RECONCILE_CHECK = "reconciles_with_source"
 
 
 def build_curated_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(
-        asset=curated_key(table), name="current_agrees_with_history", blocking=True,
-        description=("The current table holds exactly the history's current, not deleted versions (same keys, same "
-                     "values), and each key once."),
-    )
-    def current_agrees_with_history(lake: LakeResource) -> dg.AssetCheckResult:
-        result = compare_current_with_history(table, curated_locations(lake, table))
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            metadata={
-                "rows_compared": result.compared, "only_in_current": result.only_in_current,
-                "only_in_history": result.only_in_history, "differing": result.differing,
-                "duplicate_keys": result.duplicate_keys,
-                "failure_samples": dg.MetadataValue.json(result.samples),
-            },
-        )
-
     def current(context: dg.AssetCheckExecutionContext):
         return delta_source(context.resources.lake.table(table.layout.curated))
 
@@ -41,7 +24,6 @@ def build_curated_checks(table: SourceTable) -> list[dg.AssetChecksDefinition]:
         return delta_source(context.resources.lake.table(table.layout.history))
 
     return [
-        current_agrees_with_history,
         pandera_asset_check(curated_key(table), current_model(table), current, name="pandera_schema",
                             required_resource_keys={"lake"}),
         pandera_asset_check(curated_history_key(table), history_model(table), history, name="pandera_schema",

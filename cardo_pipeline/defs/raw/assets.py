@@ -1,7 +1,8 @@
 """`raw/<table>`: one asset per source table, generated from the registry; each run lands every new message.
 
-The asset is glue: it locates the raw and dead-letter tables through the lake resource, calls `ingest_topics`,
-and reports offsets, lag, counts and Delta versions as metadata.
+The asset is glue: it locates the raw and dead-letter tables through the lake resource, calls `ingest_topics` (the
+local engine) or runs the Spark engine's step (`spark.pipes_steps`: in this process, or as a spark-submit job under
+Dagster Pipes), and reports offsets, lag, counts and Delta versions as metadata, the same keys for every engine.
 """
 
 import json
@@ -14,8 +15,10 @@ from cardo_pipeline.defs.raw.sensor import END_OFFSETS_TAG
 from cardo_pipeline.defs.resources import EngineResource, KafkaResource, LakeResource
 from cardo_pipeline.ingest.delta_log import OffsetTrackedTable
 from cardo_pipeline.ingest.partition_workers import TopicIngest, ingest_topics
-from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES, IngestReport
+from cardo_pipeline.ingest.raw_ingest import DEFAULT_BATCH_MESSAGES
 from cardo_pipeline.kafka_topics import end_offsets
+from cardo_pipeline.spark.pipes import outcome_results
+from cardo_pipeline.spark.pipes_steps import RawStep, StepOutcome, raw_metadata, run_step
 from cardo_pipeline.tables import DEAD_LETTER_PATH, SOURCE_TABLES, SourceTable
 
 
@@ -25,25 +28,6 @@ class RawIngestConfig(dg.Config):
     partition_workers: int = 0
 
 
-def _offsets(offsets: dict[int, int]) -> dg.MetadataValue:
-    return dg.MetadataValue.json({str(p): o for p, o in sorted(offsets.items())})
-
-
-def report_metadata(report: IngestReport, lag: int) -> dict[str, object]:
-    return {
-        "messages_consumed": report.consumed,
-        "rows_landed": report.landed,
-        "dead_lettered": report.dead_lettered,
-        "batches": report.batches,
-        "offsets_start": _offsets(report.start_offsets),
-        "offsets_committed": _offsets(report.committed_offsets),
-        "lag_messages": lag,
-        "delta_version": report.raw_version if report.raw_version is not None else -1,
-        "new_columns": dg.MetadataValue.json(report.new_columns),
-        "events_per_second": round(report.consumed / report.seconds, 1) if report.seconds else 0.0,
-    }
-
-
 def requested_end_offsets(context: dg.AssetExecutionContext, topic: str) -> dict[int, int] | None:
     """The end offsets the sensor requested for `topic` (run tag END_OFFSETS_TAG); None: up to the end seen now."""
     raw = context.run.tags.get(END_OFFSETS_TAG)
@@ -51,6 +35,11 @@ def requested_end_offsets(context: dg.AssetExecutionContext, topic: str) -> dict
         return None
     requested = json.loads(raw).get(topic)
     return None if requested is None else {int(p): int(end) for p, end in requested.items()}
+
+
+def _value(result: dg.MaterializeResult, name: str) -> int:
+    value = (result.metadata or {}).get(name)
+    return int(getattr(value, "value", value) or 0)
 
 
 def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
@@ -76,31 +65,32 @@ def build_raw_asset(table: SourceTable) -> dg.AssetsDefinition:
         target_end = requested_end_offsets(context, topic)
         chosen = engine.for_asset(context.asset_key)
         if chosen == "spark":
-            from cardo_pipeline.spark.ingest import ingest_topic_with_spark
-
-            report = ingest_topic_with_spark(engine.spark(), kafka.bootstrap(), table, topic, job.raw_uri,
-                                             job.dead_letter_uri, target_end=target_end, log=context.log.info)
-            workers = 1
+            step = RawStep(table.name, context.asset_key.to_user_string(), topic, kafka.bootstrap(), job.raw_uri,
+                           job.dead_letter_uri, target_end=target_end)
+            if engine.spark_launch() == "pipes":  # a spark-submit job lands the range and reports what it did
+                (result,) = [r for r in engine.spark_launcher().launch(context, step)
+                             if isinstance(r, dg.MaterializeResult)]
+            else:
+                (result,) = outcome_results(run_step(engine.spark(), step, launch="session", log=context.log.info))
         else:
-            result = ingest_topics(
+            ingested = ingest_topics(
                 kafka.bootstrap(), [job], workers=config.partition_workers or None,
                 max_batch_messages=config.max_batch_messages,
                 target_ends=None if target_end is None else {topic: target_end}, log=context.log.info,
             )
-            report, workers = result.reports[topic], result.workers
-        latest = end_offsets(kafka.bootstrap(), [topic])[topic]
-        metadata = report_metadata(report, report.lag(latest))
-        metadata["engine"] = chosen
-        metadata["ingest_workers"] = workers
-        metadata["dagster/row_count"] = OffsetTrackedTable(job.raw_uri).row_count()
-        if report.dead_lettered:
+            report = ingested.reports[topic]
+            metadata = raw_metadata(report, end_offsets(kafka.bootstrap(), [topic])[topic],
+                                    OffsetTrackedTable(job.raw_uri).row_count(), "local", ingested.workers)
+            (result,) = outcome_results(StepOutcome({context.asset_key.to_user_string(): metadata}))
+        dead_lettered = _value(result, "dead_lettered")
+        if dead_lettered:
             context.log_event(dg.AssetMaterialization(
                 asset_key=DEAD_LETTER_KEY,
-                description=f"{report.dead_lettered} messages of {topic} could not be decoded",
-                metadata={"table": table.name, "dead_lettered": report.dead_lettered,
-                          "delta_version": report.dead_letter_version},
+                description=f"{dead_lettered} messages of {topic} could not be decoded",
+                metadata={"table": table.name, "dead_lettered": dead_lettered,
+                          "delta_version": _value(result, "dead_letter_version")},
             ))
-        return dg.MaterializeResult(metadata=metadata)
+        return result
 
     return raw_table
 
