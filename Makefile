@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native-installed
+# checkov (the deployment files' security checks) pins tabulate below the project's pin, so it gets a venv of its
+# own inside .venv, pinned by requirements-checkov.lock (cardo_pipeline_tests/test_deploy.py runs its binary)
+CHECKOV_VENV := $(VENV)/tools/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 # Cargo's build cache outlives clones and `make clean`, like the JVM jar cache
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/cardo/native-target
 export CARDO_HOME ?= $(CURDIR)/.cardo
@@ -47,8 +51,8 @@ deps:
 	fi
 
 ## venv: the pinned Python environment (requirements.lock constrains every transitive dependency), plus the
-## decoder's Rust crate (native/), built with the Rust toolchain (cargo; https://rustup.rs)
-venv: $(STAMP) $(NATIVE_STAMP)
+## decoder's Rust crate (native/), built with the Rust toolchain (cargo; https://rustup.rs), and checkov's tool venv
+venv: $(STAMP) $(NATIVE_STAMP) $(CHECKOV_STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -59,6 +63,11 @@ $(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.t
 	@command -v cargo >/dev/null || { echo "Rust (cargo) is missing, needed to build the decoder crate in native/: install it with rustup (https://rustup.rs)"; exit 1; }
 	$(BIN)/pip install -q ./native
 	touch $(NATIVE_STAMP)
+
+$(CHECKOV_STAMP): requirements-checkov.lock | $(STAMP)
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q -r requirements-checkov.lock
+	touch $(CHECKOV_STAMP)
 
 stack-up: venv
 	$(BIN)/cardo stack up
