@@ -618,7 +618,8 @@ def test_the_code_location_loads_with_the_k8s_resources(tmp_path: Path) -> None:
     for name, value in _final_stage_env().items():
         if name in ("PATH", "HOME", "SPARK_HOME", "PYSPARK_PYTHON"):
             continue
-        env[name] = value.replace(IMAGE_ROOT, str(PROJECT_ROOT)).replace("/tmp", str(tmp_path))
+        # the scratch folder first: the checkout itself may live under /tmp (CI clones there)
+        env[name] = value.replace("/tmp", str(tmp_path)).replace(IMAGE_ROOT, str(PROJECT_ROOT))
     env.update({name: f"placeholder-{name.lower()}" for name in _k8s_env_vars()})
     (tmp_path / "dagster").mkdir()
     result = _run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"], env=env)
