@@ -310,14 +310,13 @@ def mart_figures(settings: CardoSettings) -> dict:
     """The dbt models' rows, and the newest cutoff's portfolio KPIs, from the marts' DuckDB file."""
     from cardo_pipeline.defs.resources import MartsResource
     from cardo_pipeline.marts.duckdb import connect
+    from cardo_pipeline.marts.plots import row_counts, tables
 
     database = MartsResource().database_path()
     if not database.exists():
         return {}
     with connect(database, read_only=True) as conn:
-        models = [name for (name,) in conn.sql("select table_name from information_schema.tables order by 1")
-                  .fetchall()]
-        rows = {name: conn.sql(f'select count(*) from "{name}"').fetchone()[0] for name in models}
+        rows = row_counts(conn, tables(conn))
         latest = conn.sql("select * from portfolio_kpis order by cutoff_date desc limit 1").pl() \
             if "portfolio_kpis" in rows else pl.DataFrame()
     kpis = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in latest.row(0, named=True).items()} \

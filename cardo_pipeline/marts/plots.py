@@ -130,14 +130,16 @@ def mart_charts(conn, built: set[str]) -> dict[str, dict[str, str]]:
     if "vintage_curves" in built:
         vintages = conn.sql("select * from vintage_curves").pl()
         charts["vintage_curves"] = {"vintage_curves": markdown_image("vintage curves", vintage_curves_png(vintages))}
-    for mart in ("pd_by_region", "loan_tape"):
-        if mart in built and "loan_tape" in _tables(conn):
-            cutoff = conn.sql("select max(cutoff_date) from loan_tape where pd_12m is not null").fetchone()[0]
-            if cutoff is not None:
-                pds = conn.sql("select pd_12m from loan_tape where is_performing and cutoff_date = ?",
-                               params=[cutoff]).pl()["pd_12m"]
-                charts.setdefault(mart, {})["pd_distribution"] = markdown_image(
-                    "PD distribution", pd_distribution_png(pds, cutoff))
+    # one chart, shown on both marts that carry PDs
+    with_pd = [mart for mart in ("pd_by_region", "loan_tape") if mart in built]
+    if with_pd and "loan_tape" in tables(conn):
+        cutoff = conn.sql("select max(cutoff_date) from loan_tape where pd_12m is not null").fetchone()[0]
+        if cutoff is not None:
+            pds = conn.sql("select pd_12m from loan_tape where is_performing and cutoff_date = ?",
+                           params=[cutoff]).pl()["pd_12m"]
+            image = markdown_image("PD distribution", pd_distribution_png(pds, cutoff))
+            for mart in with_pd:
+                charts.setdefault(mart, {})["pd_distribution"] = image
     return charts
 
 
@@ -154,11 +156,12 @@ def latest_kpis_markdown(kpis: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _tables(conn) -> set[str]:
+def tables(conn) -> set[str]:
+    """The tables and views in the marts' DuckDB."""
     return {name for (name,) in conn.sql("select table_name from information_schema.tables").fetchall()}
 
 
 def row_counts(conn, models: set[str]) -> dict[str, int]:
     """Rows of each built model (views included) in the marts' DuckDB."""
-    present = _tables(conn)
+    present = tables(conn)
     return {m: conn.sql(f'select count(*) from "{m}"').fetchone()[0] for m in sorted(models & present)}

@@ -190,10 +190,11 @@ def build_loan_feature_defs(cutoffs_def: dg.MonthlyPartitionsDefinition) -> dg.D
                     "as known at the cutoff by the source's clock. A row is the loan's terms, seasoning, "
                     "outstanding principal, status and days past due at the cutoff, its status and outstanding "
                     "principal at the previous cutoff, and its borrower's country and NUTS3 region. The loans on "
-                    "it are those active at the cutoff and also those closed (repaid, defaulted, written off) or "
-                    "originated during the cutoff's month: a month's default rate and prepayment rate count the "
-                    "loans that left the book in it, which the active loans alone cannot show. A loan closed "
-                    "before the previous cutoff is not on it. Computed locally (polars).",
+                    "it are those active at the cutoff, the defaulted ones not yet written off (the non-performing "
+                    "stock), and those closed (repaid, defaulted, written off) or originated during the cutoff's "
+                    "month: a month's default rate and prepayment rate count the loans that left the book in it, "
+                    "which the active loans alone cannot show. A loan repaid or written off before the previous "
+                    "cutoff is not on it. Computed locally (polars).",
     )
     def loan_snapshots_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         cutoffs = sorted(cutoff_of(key) for key in context.partition_keys)
